@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# test.sh: the whole test suite from a fresh Debian 12 checkout: installs dependencies, builds,
+# runs every test (ctest), then the unit tests again under ASan+UBSan.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/deps.sh
+JOBS=$(nproc)
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$JOBS"
+(cd build && ctest --output-on-failure -j"$JOBS")
+cmake -S . -B build-asan -DSTRATA_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build build-asan -j"$JOBS"
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest -L unit --output-on-failure -j"$JOBS")

@@ -1,0 +1,127 @@
+/* backend.h: the one interface every compute backend implements (CPU reference, CUDA).
+ *
+ * A backend is a table of function pointers plus a context, as in ggml. The model's forward pass
+ * calls only these entries, so a new backend is a new table. Activations live in backend memory in
+ * the backend's activation dtype (f32 on the CPU; bf16 or f32 on CUDA), weights in the dtype the
+ * backend chose at weight_prepare. Shapes are given in comments with this legend:
+ *   T tokens in the step, S sequences, C model dim, H query heads, Hkv KV heads, D head dim,
+ *   F FFN dim, V vocab, L layers, B block size (tokens per KV block).
+ *
+ * Threads: a backend object is used by one thread (the engine thread) at a time. */
+#ifndef STRATA_BACKEND_H
+#define STRATA_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/dtype.h"
+
+/* A 2-D weight, row-major: (rows, cols) = (out features, in features), as in PyTorch and GGUF. */
+typedef struct {
+  const void *data; /* backend memory (CPU: may point into a read-only mmap) */
+  dtype_t dtype;
+  int64_t rows, cols;
+} weight_t;
+
+enum { ROPE_STYLE_NORM = 0 /* rotates pairs (x[2i], x[2i+1]): GGUF llama */, ROPE_STYLE_NEOX = 1 /* rotates
+       (x[i], x[i+D/2]): Hugging Face, GGUF qwen2 */ };
+
+typedef struct {
+  int style;              /* ROPE_STYLE_* */
+  int head_dim;           /* D; the whole head rotates */
+  const float *inv_freq;  /* (D/2) backend memory: theta^(-2i/D) after any scaling (llama3, linear) */
+} be_rope_t;
+
+/* One step's batch: a ragged list of sequences, each contributing q_start[s+1]-q_start[s] tokens
+ * (a prefill chunk or one decode token). All arrays are backend memory (see batch_upload). */
+typedef struct {
+  int n_tokens;               /* T */
+  int n_seqs;                 /* S */
+  const int32_t *tokens;      /* (T) token ids */
+  const int32_t *positions;   /* (T) position of each token in its sequence */
+  const int32_t *slots;       /* (T) KV slot of each token: block_id * B + offset in block */
+  const int32_t *seq_of;      /* (T) sequence index of each token */
+  const int32_t *q_start;     /* (S+1) first batch row of each sequence; q_start[S] == T */
+  const int32_t *kv_len;      /* (S) context length of each sequence including this step's tokens */
+  const int32_t *block_table; /* (S, max_blocks) block ids of each sequence */
+  int max_blocks;
+  int max_kv_len;             /* max over kv_len */
+  const int32_t *logit_rows;  /* (n_logits) batch rows whose logits are wanted */
+  int n_logits;
+} be_batch_t;
+
+/* The paged KV cache in backend memory. Layout (n_blocks, L, 2, Hkv, B, D): one block holds K and V
+ * of every layer contiguously, so moving a request's cache costs one transfer per block. Block 0 is
+ * the null block (never handed to a request). */
+typedef struct {
+  void *data;
+  dtype_t dtype;
+  int n_blocks, n_layers, n_kv_heads, block_size, head_dim;
+  size_t block_bytes; /* L * 2 * Hkv * B * D * sizeof(dtype) */
+} be_kv_t;
+
+typedef struct backend backend_t;
+
+typedef struct {
+  const char *name;
+  /* ---- memory ---- */
+  void *(*alloc)(backend_t *be, size_t bytes); /* NULL on failure; memory is zeroed */
+  void (*free)(backend_t *be, void *p);
+  int (*upload)(backend_t *be, void *dst, const void *src, size_t bytes);   /* host -> backend */
+  int (*download)(backend_t *be, void *dst, const void *src, size_t bytes); /* backend -> host */
+  int (*sync)(backend_t *be);
+  int (*mem_info)(backend_t *be, size_t *free_bytes, size_t *total_bytes);
+  /* weight_prepare: makes DST a backend-resident copy of host weight SRC in the dtype the backend
+   * computes with (CPU: DST aliases SRC; CUDA: upload, converting to bf16 unless f32 is asked for).
+   * weight_release undoes it. */
+  int (*weight_prepare)(backend_t *be, weight_t *dst, const weight_t *src);
+  void (*weight_release)(backend_t *be, weight_t *w);
+  /* batch_upload: copies a host batch's arrays to backend memory; DST's pointers stay valid until the
+   * next batch_upload. CPU: DST = SRC. */
+  int (*batch_upload)(backend_t *be, be_batch_t *dst, const be_batch_t *src);
+
+  /* ---- ops (activations in act_dtype) ---- */
+  /* out(T,C) = emb[ids[t]] */
+  void (*embed)(backend_t *be, void *out, const weight_t *emb, const int32_t *ids, int T);
+  /* out(rows,C) = x / rms(x) * w, w (C) f32 */
+  void (*rmsnorm)(backend_t *be, void *out, const void *x, const float *w, int rows, int C, float eps);
+  /* residual(rows,C) += x; out = rmsnorm(residual) */
+  void (*add_rmsnorm)(backend_t *be, void *out, void *residual, const void *x, const float *w, int rows, int C,
+                      float eps);
+  /* out(T,N) = x(T,K) @ w(N,K)^T + bias(N) (bias f32, may be NULL) */
+  void (*matmul)(backend_t *be, void *out, const void *x, const weight_t *w, const float *bias, int T);
+  /* q(T,H*D), k(T,Hkv*D) rotated in place at b->positions; then k and v(T,Hkv*D) written to the
+   * cache at b->slots for LAYER. */
+  void (*rope_kv_write)(backend_t *be, void *q, void *k, const void *v, be_kv_t *kv, int layer, const be_batch_t *b,
+                        const be_rope_t *rope, int n_heads, int n_kv_heads);
+  /* out(T,H*D): causal attention of each query over its sequence's cached K/V (positions
+   * 0..positions[t]), GQA (H / Hkv query heads share one KV head), softmax(q.k * scale). */
+  void (*attention)(backend_t *be, void *out, const void *q, const be_kv_t *kv, int layer, const be_batch_t *b,
+                    int n_heads, int n_kv_heads, float scale);
+  /* out(T,F) = silu(gate) * up */
+  void (*silu_mul)(backend_t *be, void *out, const void *gate, const void *up, int T, int F);
+  /* out(n,C) = x[rows[i]] */
+  void (*gather_rows)(backend_t *be, void *out, const void *x, const int32_t *rows, int n, int C);
+  /* host_out(n) = f32(x(n)) : the way logits come back to the host */
+  int (*to_host_f32)(backend_t *be, float *host_out, const void *x, int64_t n);
+} be_ops_t;
+
+struct backend {
+  const be_ops_t *ops;
+  void *ctx;
+  dtype_t act_dtype; /* activation and KV dtype */
+  int n_threads;
+  char device[32];   /* "cpu", "cuda:0" */
+};
+
+/* backend_create: "cpu" or "cuda[:N]" ("auto": a GPU when one is present, else the CPU). N_THREADS
+ * 0 = all cores (CPU). ACT_DTYPE -1 = the backend's default. Returns 0 or a STRATA_E* code (logged). */
+int backend_create(backend_t **out, const char *device, int n_threads, int act_dtype);
+void backend_destroy(backend_t *be);
+
+/* backend_cpu_create: the CPU backend (worker/backend/cpu). */
+int backend_cpu_create(backend_t **out, int n_threads);
+
+static inline size_t dtype_act_bytes(dtype_t t) { return t == DTYPE_F32 ? 4 : 2; }
+
+#endif

@@ -1,0 +1,83 @@
+/* sched.h: the continuous-batching scheduler. It decides, every step, which requests compute which
+ * tokens under a token budget; it deals in requests and block ids only and is tested with fake model
+ * outputs.
+ *
+ * sched_schedule packs a step: every running request first (a decode is 1 token; a prefill that was
+ * chunked continues with its next chunk), then waiting requests in arrival order (prefix-cache hits
+ * skip their cached tokens; a prompt longer than the remaining budget is chunked), up to
+ * max_batched_tokens tokens and max_num_seqs running requests. When blocks run out, the newest
+ * running request is preempted: its blocks are released (cached full blocks stay in the prefix cache)
+ * and it goes back to the front of the waiting queue to be recomputed; nothing is dropped.
+ *
+ * sched_update takes the step's sampled tokens, appends them, registers newly full blocks in the
+ * prefix cache and finishes requests that hit EOS, a stop id, max_tokens or the length limit.
+ * Owner: the engine thread. */
+#ifndef STRATA_SCHED_H
+#define STRATA_SCHED_H
+
+#include "worker/sched/request.h"
+#include "worker/kvcache/kvcache.h"
+
+typedef struct {
+  int max_num_seqs;       /* running requests at most (default 256) */
+  int max_batched_tokens; /* tokens per step at most (default 2048) */
+  int max_model_len;      /* a request never grows past this many tokens */
+} sched_cfg_t;
+
+typedef struct {
+  req_t *req;
+  int start;      /* == req->n_computed when scheduled: first token position computed this step */
+  int n;          /* tokens computed this step */
+  int sample;     /* 1 when start + n == req->n_tokens: this step produces the request's next token */
+} sched_item_t;
+
+typedef struct {
+  sched_item_t *items; /* (n_items) running requests first, in queue order */
+  int n_items;
+  int n_tokens;        /* sum of items[i].n */
+  int n_preempted;     /* requests preempted while building this step */
+  int cap_items;
+} sched_out_t;
+
+typedef struct {
+  req_t *head, *tail;
+  int n;
+} req_queue_t;
+
+typedef struct {
+  sched_cfg_t cfg;
+  kv_pool_t *kv; /* borrowed */
+  req_queue_t waiting;
+  req_queue_t running;
+  uint64_t n_preemptions_total;
+} sched_t;
+
+int sched_init(sched_t *s, const sched_cfg_t *cfg, kv_pool_t *kv);
+void sched_deinit(sched_t *s);
+
+/* sched_add: queues R (state REQ_WAITING, n_computed 0) at the back of the waiting queue. A request
+ * that can never run (prompt longer than max_model_len, or needing more blocks than the whole pool)
+ * is not queued: it is set REQ_FINISHED with FINISH_ERROR and sched_add returns STRATA_EINVAL. */
+int sched_add(sched_t *s, req_t *r);
+
+/* sched_schedule: builds the next step into OUT (its arrays are reused across calls). Returns the
+ * number of scheduled tokens (0 when there is nothing to do). */
+int sched_schedule(sched_t *s, sched_out_t *out);
+
+/* sched_update: applies a step's results. SAMPLED[i] is the token produced for OUT->items[i] when
+ * items[i].sample (ignored otherwise). Finished requests are removed from the running queue, their
+ * blocks released, their state set to REQ_FINISHED with a finish reason, and they are written to
+ * FINISHED (capacity >= out->n_items); returns how many. */
+int sched_update(sched_t *s, const sched_out_t *out, const int32_t *sampled, req_t **finished);
+
+/* sched_abort: removes R from whichever queue holds it, releases its blocks, finishes it with
+ * FINISH_ABORT. */
+void sched_abort(sched_t *s, req_t *r);
+
+static inline int sched_n_running(const sched_t *s) { return s->running.n; }
+static inline int sched_n_waiting(const sched_t *s) { return s->waiting.n; }
+static inline int sched_has_work(const sched_t *s) { return s->running.n + s->waiting.n > 0; }
+
+void sched_out_free(sched_out_t *out);
+
+#endif
