@@ -42,6 +42,69 @@ int dtype_from_ggml(uint32_t ggml_type) {
   return -1;
 }
 
+/* k-quants (GGML layouts, super-blocks of 256). Q4_K and Q5_K split a super-block into 8 sub-blocks
+ * of 32 with a 6-bit scale and a 6-bit min each, packed into 12 bytes: sub-blocks 0..3 keep theirs in
+ * the low 6 bits of bytes 0..3 (scales) and 4..7 (mins); sub-blocks 4..7 take their low 4 bits from
+ * the nibbles of bytes 8..11 and their top 2 bits from the top bits of bytes 0..3 / 4..7. */
+static void kq_scale_min(const uint8_t *sc, int j, int *scale, int *min) {
+  if (j < 4) {
+    *scale = sc[j] & 63;
+    *min = sc[j + 4] & 63;
+  } else {
+    *scale = (sc[j + 4] & 0x0f) | ((sc[j - 4] >> 6) << 4);
+    *min = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+  }
+}
+
+/* Q4_K: { f16 d; f16 dmin; u8 scales[12]; u8 qs[128]; }. Each 32 bytes of qs hold two sub-blocks:
+ * the low nibbles are sub-block 2k, the high nibbles 2k+1. x = d*scale*q - dmin*min.
+ * Q5_K adds qh[32] (between scales and qs): bit 2k of qh[l] is the fifth bit of element l of
+ * sub-block 2k, bit 2k+1 that of sub-block 2k+1. */
+static void dequant_q45_k(const uint8_t *p, float *dst, int64_t n_blocks, int five) {
+  size_t bsize = five ? 176 : 144;
+  for (int64_t b = 0; b < n_blocks; b++, p += bsize, dst += 256) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    float d = f16_to_f32(h);
+    memcpy(&h, p + 2, 2);
+    float dmin = f16_to_f32(h);
+    const uint8_t *scales = p + 4, *qh = p + 16, *qs = p + (five ? 48 : 16);
+    for (int sb = 0; sb < 8; sb++) {
+      int sc, mn;
+      kq_scale_min(scales, sb, &sc, &mn);
+      const uint8_t *q = qs + 32 * (sb / 2);
+      int shift = (sb & 1) ? 4 : 0;
+      for (int l = 0; l < 32; l++) {
+        int v = (q[l] >> shift) & 0x0f;
+        if (five && (qh[l] >> sb) & 1) v += 16;
+        dst[sb * 32 + l] = d * (float)sc * (float)v - dmin * (float)mn;
+      }
+    }
+  }
+}
+
+/* Q6_K: { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d; }: 16 sub-blocks of 16, 6-bit values minus
+ * 32. Each half (128 elements) uses 64 bytes of ql and 32 of qh: element i (0..127) of the half takes
+ * its low 4 bits from ql[i % 64] (low nibble for i < 64, else high) and its top 2 bits from
+ * qh[i % 32] at bit position 2*(i / 32). */
+static void dequant_q6_k(const uint8_t *p, float *dst, int64_t n_blocks) {
+  for (int64_t b = 0; b < n_blocks; b++, p += 210, dst += 256) {
+    uint16_t h;
+    memcpy(&h, p + 208, 2);
+    float d = f16_to_f32(h);
+    const int8_t *scales = (const int8_t *)(p + 192);
+    for (int half = 0; half < 2; half++) {
+      const uint8_t *ql = p + 64 * half, *qh = p + 128 + 32 * half;
+      for (int i = 0; i < 128; i++) {
+        int lo = (ql[i % 64] >> (i < 64 ? 0 : 4)) & 0x0f;
+        int hi = (qh[i % 32] >> (2 * (i / 32))) & 3;
+        int e = half * 128 + i;
+        dst[e] = d * (float)scales[e / 16] * (float)((lo | (hi << 4)) - 32);
+      }
+    }
+  }
+}
+
 int dtype_to_f32(dtype_t t, const void *src, float *dst, int64_t n) {
   const uint8_t *p = src;
   switch (t) {
@@ -81,6 +144,15 @@ int dtype_to_f32(dtype_t t, const void *src, float *dst, int64_t n) {
           dst[b * 32 + j + 16] = d * (float)((p[2 + j] >> 4) - 8);
         }
       }
+      return 0;
+    case DTYPE_Q4_K:
+      dequant_q45_k(p, dst, n / 256, 0);
+      return 0;
+    case DTYPE_Q5_K:
+      dequant_q45_k(p, dst, n / 256, 1);
+      return 0;
+    case DTYPE_Q6_K:
+      dequant_q6_k(p, dst, n / 256);
       return 0;
     case DTYPE_I32:
       for (int64_t i = 0; i < n; i++) {

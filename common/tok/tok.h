@@ -69,12 +69,16 @@ typedef struct {
   int n_seen;      /* ids fed so far */
   char pending[8]; /* bytes of an incomplete UTF-8 sequence */
   int n_pending;
+  int seen_text;   /* a non-special token was seen (the SentencePiece leading space is dropped only once) */
 } detok_t;
 
 void detok_init(detok_t *d, const tok_t *t, int skip_special);
-/* detok_push: appends the text that ID completes to OUT (growing *OUT/*CAP with realloc; *LEN is the
+/* detok_push: appends the text that ID completes to OUT (growing *OUT and *CAP with realloc; *LEN is the
  * used length). */
 int detok_push(detok_t *d, int32_t id, char **out, size_t *len, size_t *cap);
+/* detok_prime: tells the detokenizer about the prompt (IDS, not emitted), so that generated text
+ * continuing a prompt keeps its leading space (the SentencePiece rule applies only at the start). */
+void detok_prime(detok_t *d, const int32_t *ids, int n);
 /* detok_flush: emits what is held back (invalid bytes as U+FFFD) at the end of a stream. */
 int detok_flush(detok_t *d, char **out, size_t *len, size_t *cap);
 

@@ -64,6 +64,7 @@ typedef struct backend backend_t;
 
 typedef struct {
   const char *name;
+  void (*destroy)(backend_t *be); /* frees the backend object and everything it owns */
   /* ---- memory ---- */
   void *(*alloc)(backend_t *be, size_t bytes); /* NULL on failure; memory is zeroed */
   void (*free)(backend_t *be, void *p);
@@ -121,6 +122,7 @@ void backend_destroy(backend_t *be);
 
 /* backend_cpu_create: the CPU backend (worker/backend/cpu). */
 int backend_cpu_create(backend_t **out, int n_threads);
+void backend_cpu_destroy(backend_t *be);
 
 static inline size_t dtype_act_bytes(dtype_t t) { return t == DTYPE_F32 ? 4 : 2; }
 

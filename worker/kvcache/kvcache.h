@@ -15,13 +15,16 @@
 
 typedef enum { KV_EVENT_STORED = 0, KV_EVENT_REMOVED = 1 } kv_event_type_t;
 
-/* Called when a block hash enters or leaves the prefix cache (feeds KV-aware routing). */
+/* Called when a block hash enters or leaves the prefix cache (feeds KV-aware routing). Set
+ * kv_pool_t.on_event / event_data after kv_pool_init; called on the engine thread, inside kv_commit
+ * (STORED) and kv_ensure (REMOVED, when a cached block is evicted for reuse). */
 typedef void (*kv_event_cb)(void *data, kv_event_type_t type, uint64_t hash);
 
 /* A request's block table. Caller-owned; zero-initialize, then use the kv_* functions. */
 typedef struct {
   int32_t *ids;     /* (n) block ids, in token order */
-  uint64_t *hashes; /* (n) hash of each full block registered in the cache, 0 if none */
+  uint64_t *hashes; /* (n) chained content hash of each full, committed block (0 if none yet); the
+                     * cache may hold that hash under another request's block (kv_commit) */
   int n, cap;
   int n_cached;     /* leading blocks that came from (or were registered in) the prefix cache */
 } kv_table_t;
@@ -64,7 +67,8 @@ int kv_pool_n_used(const kv_pool_t *p);
  * already cached, appends those blocks to T (taking a reference on each) and returns the number of
  * tokens they cover (a multiple of block_size). At most MAX_TOKENS tokens are matched (callers pass
  * n_tokens - 1 so that at least one token is computed to produce logits). Counts query and hit
- * statistics. */
+ * statistics. Returns the matched token count, or STRATA_EINVAL (T not empty) or STRATA_ENOMEM. With
+ * prefix caching off it matches nothing and counts nothing. */
 int kv_match_prefix(kv_pool_t *p, kv_table_t *t, const int32_t *tokens, int n_tokens, int max_tokens);
 
 /* kv_ensure: grows T so that it has slots for N_TOKENS tokens. All or nothing: returns 0, or
@@ -72,7 +76,9 @@ int kv_match_prefix(kv_pool_t *p, kv_table_t *t, const int32_t *tokens, int n_to
 int kv_ensure(kv_pool_t *p, kv_table_t *t, int n_tokens);
 
 /* kv_commit: registers in the prefix cache every block of T that is full of computed tokens
- * (the first N_COMPUTED of TOKENS) and not registered yet. */
+ * (the first N_COMPUTED of TOKENS) and not registered yet, emitting KV_EVENT_STORED for each new hash.
+ * When the cache already holds a hash (another request computed the same block first), the cache
+ * keeps that block and T's block stays private (it is freed, not cached, on release). */
 void kv_commit(kv_pool_t *p, kv_table_t *t, const int32_t *tokens, int n_computed);
 
 /* kv_release: drops T's references (blocks whose count reaches 0 go to the LRU list if they have a
@@ -87,6 +93,9 @@ void kv_table_free(kv_table_t *t);
 static inline int32_t kv_slot(const kv_pool_t *p, const kv_table_t *t, int pos) {
   return t->ids[pos / p->block_size] * p->block_size + pos % p->block_size;
 }
+
+/* kv_block_ref_count: how many tables hold block ID (-1 for an id out of range). For tests/metrics. */
+int kv_block_ref_count(const kv_pool_t *p, int32_t id);
 
 /* kv_pool_check: verifies internal invariants (every block is exactly one of: free, evictable, or
  * referenced; reference counts equal the number of tables holding the block when TABLES is given).

@@ -62,7 +62,7 @@ int sampler_init(sampler_t *s, int vocab_size);
 void sampler_deinit(sampler_t *s);
 
 /* sampler_sample: picks the next token of one sequence.
- *   LOGITS (V) raw logits, modified in place;
+ *   LOGITS (V) raw logits, modified in place (left holding the penalised, masked, scaled values);
  *   HISTORY (N_HISTORY) every token so far, the first N_PROMPT of them the prompt;
  *   EOS_IDS (N_EOS) and sp->stop_ids are masked while fewer than sp->min_tokens were generated
  *   (N_HISTORY - N_PROMPT), and EOS_IDS never count as stops when sp->ignore_eos.
@@ -72,7 +72,10 @@ void sampler_deinit(sampler_t *s);
 int sampler_sample(sampler_t *s, const sampling_params_t *sp, float *logits, const int32_t *history, int n_history,
                    int n_prompt, const int32_t *eos_ids, int n_eos, sample_result_t *out);
 
-/* rng_uniform: the counter-based generator: a uniform float in [0, 1) for (SEED, POSITION, INDEX). */
+/* rng_uniform: the counter-based generator: a uniform float in [0, 1) for (SEED, POSITION, INDEX).
+ * Exactly: w = Philox4x32-10(counter {INDEX / 4, POSITION lo32, POSITION hi32, 0}, key {SEED lo32,
+ * SEED hi32}); u = (w[INDEX % 4] >> 8) * 2^-24. Four consecutive ids share one Philox call; a GPU
+ * kernel must compute the same words to give the same tokens. */
 float rng_uniform(uint64_t seed, uint64_t position, uint32_t index);
 
 #endif

@@ -52,26 +52,39 @@ typedef struct {
   uint64_t n_preemptions_total;
 } sched_t;
 
+/* sched_init: a scheduler over KV (borrowed; must outlive S). Zero limits in CFG take the defaults
+ * (256 seqs, 2048 tokens, no length limit). Returns 0 or STRATA_EINVAL. */
 int sched_init(sched_t *s, const sched_cfg_t *cfg, kv_pool_t *kv);
+/* sched_deinit: releases the blocks of every queued request and unlinks it; requests stay the
+ * caller's (to req_deinit). */
 void sched_deinit(sched_t *s);
 
 /* sched_add: queues R (state REQ_WAITING, n_computed 0) at the back of the waiting queue. A request
  * that can never run (prompt longer than max_model_len, or needing more blocks than the whole pool)
- * is not queued: it is set REQ_FINISHED with FINISH_ERROR and sched_add returns STRATA_EINVAL. */
+ * is not queued: it is set REQ_FINISHED with FINISH_ERROR and sched_add returns STRATA_EINVAL.
+ * R->max_len is capped at max_model_len and at what the whole KV pool holds, so a request alone in
+ * the pool always finishes (FINISH_LENGTH) instead of preempting itself forever. R stays the
+ * caller's; it must stay valid until it is finished. */
 int sched_add(sched_t *s, req_t *r);
 
-/* sched_schedule: builds the next step into OUT (its arrays are reused across calls). Returns the
- * number of scheduled tokens (0 when there is nothing to do). */
+/* sched_schedule: builds the next step into OUT (zero-initialize it once; its arrays are reused
+ * across calls). Running requests first (decodes, then continuing prefill chunks, each in queue
+ * order), then waiting requests if nothing was preempted this step. Requests it preempts have their
+ * n_preemptions incremented. Returns the number of scheduled tokens (0 when there is nothing to do
+ * or no blocks are available for any waiting request), or STRATA_ENOMEM. */
 int sched_schedule(sched_t *s, sched_out_t *out);
 
 /* sched_update: applies a step's results. SAMPLED[i] is the token produced for OUT->items[i] when
  * items[i].sample (ignored otherwise). Finished requests are removed from the running queue, their
  * blocks released, their state set to REQ_FINISHED with a finish reason, and they are written to
- * FINISHED (capacity >= out->n_items); returns how many. */
+ * FINISHED (capacity >= out->n_items); returns how many. A request finishes with FINISH_STOP on a
+ * token in its eos_ids (unless sp.ignore_eos) or sp.stop_ids (the token is kept in tokens), else
+ * FINISH_LENGTH at sp.max_tokens generated or n_tokens == max_len. Items of requests aborted since
+ * sched_schedule are skipped. */
 int sched_update(sched_t *s, const sched_out_t *out, const int32_t *sampled, req_t **finished);
 
 /* sched_abort: removes R from whichever queue holds it, releases its blocks, finishes it with
- * FINISH_ABORT. */
+ * FINISH_ABORT. A finished request is left as it is. */
 void sched_abort(sched_t *s, req_t *r);
 
 static inline int sched_n_running(const sched_t *s) { return s->running.n; }

@@ -1,0 +1,34 @@
+/* backend.c: picks a compute backend by device name ("cpu", "auto", "cuda[:N]"). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/status.h"
+#include "worker/backend/backend.h"
+
+
+int backend_create(backend_t **out, const char *device, int n_threads, int act_dtype) {
+  *out = NULL;
+  if (!device || !*device) device = "auto";
+  if (strncmp(device, "cuda", 4) == 0 && (device[4] == '\0' || device[4] == ':')) {
+    log_error("backend '%s': this build has no CUDA backend (rebuild with -DSTRATA_CUDA=ON), use --device cpu",
+              device);
+    return STRATA_EUNSUPPORTED;
+  }
+  if (strcmp(device, "cpu") != 0 && strcmp(device, "auto") != 0) {
+    log_error("backend '%s': unknown device; use cpu, auto or cuda[:N]", device);
+    return STRATA_EINVAL;
+  }
+  if (act_dtype != -1 && act_dtype != DTYPE_F32) {
+    log_error("backend '%s': activation dtype %s is not supported on the CPU (f32 only)", device,
+              dtype_name((dtype_t)act_dtype));
+    return STRATA_EUNSUPPORTED;
+  }
+  /* NOTE: "auto" means the CPU until the CUDA backend exists. */
+  return backend_cpu_create(out, n_threads);
+}
+
+void backend_destroy(backend_t *be) {
+  if (!be) return;
+  if (be->ops && be->ops->destroy) be->ops->destroy(be);
+}

@@ -1,0 +1,250 @@
+/* forward.c: the Llama-family transformer forward pass (Llama 2/3, Mistral, Qwen2, Qwen3), written
+ * once against the backend interface. It reads like the paper: one comment per step. */
+#include "worker/model/forward.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/status.h"
+
+void model_rope_inv_freq(const model_cfg_t *cfg, float *inv_freq) {
+  const int D = cfg->head_dim;
+  for (int i = 0; i < D / 2; i++) {
+    double f = 1.0 / pow((double)cfg->rope_theta, (double)(2 * i) / (double)D);
+    if (cfg->rope_scaling == ROPE_SCALING_LINEAR && cfg->rope_factor > 0) {
+      f /= cfg->rope_factor;
+    } else if (cfg->rope_scaling == ROPE_SCALING_LLAMA3 && cfg->rope_factor > 0) {
+      /* Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, a smooth ramp between. */
+      double lo = cfg->rope_low_freq_factor > 0 ? cfg->rope_low_freq_factor : 1.0;
+      double hi = cfg->rope_high_freq_factor > 0 ? cfg->rope_high_freq_factor : 4.0;
+      double orig = cfg->rope_orig_max_pos > 0 ? cfg->rope_orig_max_pos : 8192;
+      double wavelen = 2.0 * M_PI / f;
+      if (wavelen > orig / lo) {
+        f /= cfg->rope_factor;
+      } else if (wavelen >= orig / hi) {
+        double smooth = (orig / wavelen - lo) / (hi - lo);
+        f = (1.0 - smooth) * f / cfg->rope_factor + smooth * f;
+      }
+    }
+    inv_freq[i] = (float)f;
+  }
+}
+
+size_t fwd_kv_block_bytes(const model_cfg_t *cfg, dtype_t dtype, int block_size) {
+  return (size_t)cfg->n_layers * 2 * (size_t)cfg->n_kv_heads * (size_t)block_size * (size_t)cfg->head_dim *
+         dtype_act_bytes(dtype);
+}
+
+/* prepare_weight: W on the backend (CPU: an alias); an absent optional weight stays absent. */
+static int prepare_weight(backend_t *be, weight_t *dst, const weight_t *src) {
+  memset(dst, 0, sizeof *dst);
+  if (!src->data) return 0;
+  return be->ops->weight_prepare(be, dst, src);
+}
+
+static void release_weight(backend_t *be, weight_t *w) {
+  if (w->data) be->ops->weight_release(be, w);
+  memset(w, 0, sizeof *w);
+}
+
+static int prepare_weights(fwd_t *f) {
+  const model_t *m = f->m;
+  backend_t *be = f->be;
+  const int L = m->cfg.n_layers;
+  f->w.layers = calloc((size_t)L, sizeof(layer_weights_t));
+  if (!f->w.layers) return STRATA_ENOMEM;
+  int rc = prepare_weight(be, &f->w.tok_embd, &m->w.tok_embd);
+  if (!rc) rc = prepare_weight(be, &f->w.out_norm, &m->w.out_norm);
+  if (!rc) {
+    if (m->cfg.tied_embeddings || m->w.output.data == m->w.tok_embd.data)
+      f->w.output = f->w.tok_embd; /* shared, released once */
+    else
+      rc = prepare_weight(be, &f->w.output, &m->w.output);
+  }
+  for (int l = 0; l < L && !rc; l++) {
+    const layer_weights_t *s = &m->w.layers[l];
+    layer_weights_t *d = &f->w.layers[l];
+    const weight_t *src[] = {&s->attn_norm, &s->wq, &s->wk, &s->wv, &s->bq, &s->bk, &s->bv,
+                             &s->q_norm, &s->k_norm, &s->wo, &s->ffn_norm, &s->w_gate, &s->w_up, &s->w_down};
+    weight_t *dst[] = {&d->attn_norm, &d->wq, &d->wk, &d->wv, &d->bq, &d->bk, &d->bv,
+                       &d->q_norm, &d->k_norm, &d->wo, &d->ffn_norm, &d->w_gate, &d->w_up, &d->w_down};
+    for (size_t i = 0; i < sizeof src / sizeof src[0] && !rc; i++) rc = prepare_weight(be, dst[i], src[i]);
+  }
+  if (rc) log_error("cannot place the weights of %s on %s: %s", m->name, be->device, strata_strerror(rc));
+  return rc;
+}
+
+static void release_weights(fwd_t *f) {
+  backend_t *be = f->be;
+  if (!f->w.layers) return;
+  int tied = f->w.output.data == f->w.tok_embd.data;
+  release_weight(be, &f->w.tok_embd);
+  release_weight(be, &f->w.out_norm);
+  if (!tied) release_weight(be, &f->w.output);
+  for (int l = 0; l < f->m->cfg.n_layers; l++) {
+    layer_weights_t *d = &f->w.layers[l];
+    weight_t *ws[] = {&d->attn_norm, &d->wq, &d->wk, &d->wv, &d->bq, &d->bk, &d->bv,
+                      &d->q_norm, &d->k_norm, &d->wo, &d->ffn_norm, &d->w_gate, &d->w_up, &d->w_down};
+    for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) release_weight(be, ws[i]);
+  }
+  free(f->w.layers);
+  f->w.layers = NULL;
+}
+
+static void *alloc_act(fwd_t *f, int rows, int cols, int *rc) {
+  if (*rc) return NULL;
+  size_t n = (size_t)rows * (size_t)cols * dtype_act_bytes(f->be->act_dtype);
+  void *p = f->be->ops->alloc(f->be, n ? n : 1);
+  if (!p) {
+    log_error("%s: out of memory allocating %zu bytes of activations", f->be->device, n);
+    *rc = STRATA_ENOMEM;
+  }
+  return p;
+}
+
+int fwd_init(fwd_t *f, const model_t *m, backend_t *be, int n_kv_blocks, int block_size, int max_tokens,
+             int max_logits) {
+  memset(f, 0, sizeof *f);
+  f->m = m;
+  f->be = be;
+  f->max_tokens = max_tokens;
+  f->max_logits = max_logits;
+  const model_cfg_t *c = &m->cfg;
+  if (n_kv_blocks < 2 || block_size < 1 || max_tokens < 1 || max_logits < 1 || c->head_dim % 2) {
+    log_error("forward: bad sizes (kv blocks %d, block size %d, max tokens %d, head dim %d)", n_kv_blocks,
+              block_size, max_tokens, c->head_dim);
+    return STRATA_EINVAL;
+  }
+  int rc = prepare_weights(f);
+  /* rotary frequencies, computed once on the host */
+  float *inv = NULL;
+  if (!rc) {
+    inv = malloc(sizeof(float) * (size_t)(c->head_dim / 2));
+    f->inv_freq = be->ops->alloc(be, sizeof(float) * (size_t)(c->head_dim / 2));
+    if (!inv || !f->inv_freq) rc = STRATA_ENOMEM;
+  }
+  if (!rc) {
+    model_rope_inv_freq(c, inv);
+    rc = be->ops->upload(be, f->inv_freq, inv, sizeof(float) * (size_t)(c->head_dim / 2));
+  }
+  free(inv);
+  f->rope = (be_rope_t){.style = c->rope_style, .head_dim = c->head_dim, .inv_freq = f->inv_freq};
+  /* the paged KV cache */
+  if (!rc) {
+    f->kv = (be_kv_t){.dtype = be->act_dtype, .n_blocks = n_kv_blocks, .n_layers = c->n_layers,
+                      .n_kv_heads = c->n_kv_heads, .block_size = block_size, .head_dim = c->head_dim,
+                      .block_bytes = fwd_kv_block_bytes(c, be->act_dtype, block_size)};
+    f->kv.data = be->ops->alloc(be, f->kv.block_bytes * (size_t)n_kv_blocks);
+    if (!f->kv.data) {
+      log_error("%s: out of memory allocating the KV cache (%d blocks, %.1f MiB)", be->device, n_kv_blocks,
+                (double)f->kv.block_bytes * n_kv_blocks / (1 << 20));
+      rc = STRATA_ENOMEM;
+    }
+  }
+  /* scratch activations */
+  const int T = max_tokens, C = c->dim, HD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
+  f->x = alloc_act(f, T, C, &rc);
+  f->xb = alloc_act(f, T, C, &rc);
+  f->xo = alloc_act(f, T, C, &rc);
+  f->q = alloc_act(f, T, HD, &rc);
+  f->k = alloc_act(f, T, KD, &rc);
+  f->v = alloc_act(f, T, KD, &rc);
+  if (c->qk_norm) {
+    f->qn = alloc_act(f, T, HD, &rc);
+    f->kn = alloc_act(f, T, KD, &rc);
+  }
+  f->att = alloc_act(f, T, HD, &rc);
+  f->gate = alloc_act(f, T, c->hidden_dim, &rc);
+  f->up = alloc_act(f, T, c->hidden_dim, &rc);
+  f->lx = alloc_act(f, max_logits, C, &rc);
+  f->logits = alloc_act(f, max_logits, c->vocab_size, &rc);
+  if (!rc) {
+    f->logits_host = malloc(sizeof(float) * (size_t)max_logits * (size_t)c->vocab_size);
+    if (!f->logits_host) rc = STRATA_ENOMEM;
+  }
+  if (rc) fwd_deinit(f);
+  return rc;
+}
+
+void fwd_deinit(fwd_t *f) {
+  backend_t *be = f->be;
+  if (!be) return;
+  void *bufs[] = {f->x, f->xb, f->xo, f->q, f->k, f->v, f->qn, f->kn, f->att, f->gate, f->up,
+                  f->lx, f->logits, f->kv.data, f->inv_freq};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+    if (bufs[i]) be->ops->free(be, bufs[i]);
+  release_weights(f);
+  free(f->logits_host);
+  memset(f, 0, sizeof *f);
+}
+
+int fwd_run(fwd_t *f, const be_batch_t *hb) {
+  const model_cfg_t *c = &f->m->cfg;
+  const be_ops_t *op = f->be->ops;
+  backend_t *be = f->be;
+  const int T = hb->n_tokens, C = c->dim, H = c->n_heads, Hkv = c->n_kv_heads, D = c->head_dim;
+  const int F = c->hidden_dim, V = c->vocab_size;
+  if (T < 1 || T > f->max_tokens || hb->n_logits > f->max_logits) {
+    log_error("forward: batch of %d tokens / %d logit rows exceeds %d / %d", T, hb->n_logits, f->max_tokens,
+              f->max_logits);
+    return STRATA_EINVAL;
+  }
+  be_batch_t bb;
+  int rc = op->batch_upload(be, &bb, hb);
+  if (rc) return rc;
+  const be_batch_t *b = &bb;
+  const float scale = 1.0f / sqrtf((float)D);
+
+  /* token embeddings: x = E[tokens] */
+  op->embed(be, f->x, &f->w.tok_embd, b->tokens, T);
+
+  for (int l = 0; l < c->n_layers; l++) {
+    const layer_weights_t *w = &f->w.layers[l];
+    /* attention norm (folding in the previous layer's FFN residual): x += xo; xb = rmsnorm(x) */
+    if (l == 0)
+      op->rmsnorm(be, f->xb, f->x, w->attn_norm.data, T, C, c->norm_eps);
+    else
+      op->add_rmsnorm(be, f->xb, f->x, f->xo, w->attn_norm.data, T, C, c->norm_eps);
+
+    /* q, k, v projections (Qwen2: with bias) */
+    op->matmul(be, f->q, f->xb, &w->wq, w->bq.data, T);
+    op->matmul(be, f->k, f->xb, &w->wk, w->bk.data, T);
+    op->matmul(be, f->v, f->xb, &w->wv, w->bv.data, T);
+    void *q = f->q, *k = f->k;
+
+    /* Qwen3: RMSNorm of each head of q and k before RoPE */
+    if (c->qk_norm) {
+      op->rmsnorm(be, f->qn, f->q, w->q_norm.data, T * H, D, c->norm_eps);
+      op->rmsnorm(be, f->kn, f->k, w->k_norm.data, T * Hkv, D, c->norm_eps);
+      q = f->qn;
+      k = f->kn;
+    }
+
+    /* RoPE on q and k, then k and v into the paged cache at each token's slot */
+    op->rope_kv_write(be, q, k, f->v, &f->kv, l, b, &f->rope, H, Hkv);
+
+    /* causal attention of every query over its sequence's cached keys and values (GQA) */
+    op->attention(be, f->att, q, &f->kv, l, b, H, Hkv, scale);
+
+    /* output projection */
+    op->matmul(be, f->xo, f->att, &w->wo, NULL, T);
+
+    /* residual + FFN norm: x += xo; xb = rmsnorm(x) */
+    op->add_rmsnorm(be, f->xb, f->x, f->xo, w->ffn_norm.data, T, C, c->norm_eps);
+
+    /* SwiGLU FFN: xo = W_down (silu(W_gate xb) * W_up xb) */
+    op->matmul(be, f->gate, f->xb, &w->w_gate, NULL, T);
+    op->matmul(be, f->up, f->xb, &w->w_up, NULL, T);
+    op->silu_mul(be, f->gate, f->gate, f->up, T, F);
+    op->matmul(be, f->xo, f->gate, &w->w_down, NULL, T);
+  }
+
+  /* final residual and norm, then logits only for the rows that sample */
+  op->add_rmsnorm(be, f->xb, f->x, f->xo, f->w.out_norm.data, T, C, c->norm_eps);
+  if (b->n_logits == 0) return op->sync(be);
+  op->gather_rows(be, f->lx, f->xb, b->logit_rows, b->n_logits, C);
+  op->matmul(be, f->logits, f->lx, &f->w.output, NULL, b->n_logits);
+  return op->to_host_f32(be, f->logits_host, f->logits, (int64_t)b->n_logits * V);
+}

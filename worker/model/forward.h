@@ -1,0 +1,53 @@
+/* forward.h: the Llama-family forward pass over a ragged batch, on any backend.
+ *
+ * A fwd_t holds what one model needs on one backend: backend-resident weights, the paged KV cache
+ * (be_kv_t) and scratch activations sized for at most max_tokens tokens per step. fwd_run computes
+ * one step (prefill chunks and decodes together) and leaves the logits of the batch's logit rows on
+ * the host. Owner: the engine thread. */
+#ifndef STRATA_FORWARD_H
+#define STRATA_FORWARD_H
+
+#include "worker/backend/backend.h"
+#include "worker/model/model.h"
+
+typedef struct {
+  const model_t *m;        /* borrowed */
+  backend_t *be;           /* borrowed */
+  model_weights_t w;       /* backend-resident weights (CPU: the host weights) */
+  float *inv_freq;         /* (D/2) backend memory */
+  be_rope_t rope;
+  be_kv_t kv;              /* the paged KV cache */
+  int max_tokens;          /* T capacity */
+  int max_logits;          /* rows of logits per step at most */
+  /* scratch activations, backend memory, act dtype */
+  void *x;                 /* (T, C) residual stream */
+  void *xb;                /* (T, C) normed input of a sub-layer */
+  void *xo;                /* (T, C) output of a sub-layer */
+  void *q;                 /* (T, H*D) */
+  void *k;                 /* (T, Hkv*D) */
+  void *v;                 /* (T, Hkv*D) */
+  void *qn;                /* (T, H*D) Qwen3: q after its norm */
+  void *kn;                /* (T, Hkv*D) Qwen3: k after its norm */
+  void *att;               /* (T, H*D) attention output */
+  void *gate;              /* (T, F) */
+  void *up;                /* (T, F) */
+  void *lx;                /* (max_logits, C) rows whose logits are wanted */
+  void *logits;            /* (max_logits, V) */
+  float *logits_host;      /* (max_logits, V) host */
+} fwd_t;
+
+/* fwd_kv_block_bytes: bytes of one KV block (all layers, K and V) in DTYPE. */
+size_t fwd_kv_block_bytes(const model_cfg_t *cfg, dtype_t dtype, int block_size);
+
+/* fwd_init: prepares M's weights on BE and allocates N_KV_BLOCKS blocks of BLOCK_SIZE tokens plus
+ * scratch for MAX_TOKENS tokens and MAX_LOGITS logit rows per step. Returns 0 or a STRATA_E* code
+ * (STRATA_ENOMEM with a log line saying how much was asked). */
+int fwd_init(fwd_t *f, const model_t *m, backend_t *be, int n_kv_blocks, int block_size, int max_tokens,
+             int max_logits);
+void fwd_deinit(fwd_t *f);
+
+/* fwd_run: one forward step over B (host arrays; uploaded here). On return f->logits_host holds
+ * (B->n_logits, V) f32 logits, row i for batch row B->logit_rows[i]. */
+int fwd_run(fwd_t *f, const be_batch_t *b);
+
+#endif
