@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "bench/engine/bench_engine.h"
-#ifdef STRATA_HAVE_NET
+#ifdef STRATA_HAVE_BENCH_SERVE
 #include "bench/serve/bench_serve.h"
 #endif
 
@@ -13,7 +13,7 @@ static void usage(FILE *f) {
           "modes:\n"
           "  engine   run the engine in-process on synthetic requests; prints prefill and decode\n"
           "           tokens/s and step latency as one JSON line\n"
-#ifdef STRATA_HAVE_NET
+#ifdef STRATA_HAVE_BENCH_SERVE
           "  serve    drive an OpenAI-compatible server with a load pattern and report latency,\n"
           "           throughput and goodput\n"
 #endif
@@ -26,7 +26,7 @@ int main(int argc, char **argv) {
     return argc < 2 ? 2 : 0;
   }
   if (strcmp(argv[1], "engine") == 0) return bench_engine_main(argc - 1, argv + 1);
-#ifdef STRATA_HAVE_NET
+#ifdef STRATA_HAVE_BENCH_SERVE
   if (strcmp(argv[1], "serve") == 0) return bench_serve_main(argc - 1, argv + 1);
 #endif
   fprintf(stderr, "strata-bench: unknown mode '%s'\n\n", argv[1]);
