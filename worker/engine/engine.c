@@ -253,7 +253,7 @@ int engine_step(engine_t *e, const engine_out_t **outs, int *n_outs) {
   *n_outs = 0;
   int rc = grow_outs(e, e->cfg.max_num_seqs + e->n_pending);
   if (rc) return rc;
-  memcpy(e->outs, e->pending, sizeof *e->pending * (size_t)e->n_pending);
+  if (e->n_pending) memcpy(e->outs, e->pending, sizeof *e->pending * (size_t)e->n_pending);
   e->n_outs = e->n_pending;
   e->n_pending = 0;
 
