@@ -291,4 +291,9 @@ void engine_stats(const engine_t *e, engine_stats_t *st) {
 const engine_cfg_t *engine_cfg(const engine_t *e) { return &e->cfg; }
 const model_t *engine_model(const engine_t *e) { return e->m; }
 const char *engine_device(const engine_t *e) { return e->be->device; }
+void engine_set_kv_event_cb(engine_t *e, kv_event_cb cb, void *data) {
+  e->kv.on_event = cb;
+  e->kv.event_data = data;
+}
+
 int engine_max_model_len(const engine_t *e) { return e->max_model_len; }

@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include "worker/kvcache/kvcache.h"
 #include "worker/model/model.h"
 #include "worker/sample/sample.h"
 #include "worker/sched/request.h"
@@ -78,6 +79,10 @@ const engine_cfg_t *engine_cfg(const engine_t *e);
 const model_t *engine_model(const engine_t *e);
 /* engine_device: the backend's device name ("cpu", "cuda:0"). */
 const char *engine_device(const engine_t *e);
+/* engine_set_kv_event_cb: CB(DATA, type, hash) is called on the engine thread whenever a block hash
+ * enters (KV_EVENT_STORED) or leaves (KV_EVENT_REMOVED) the prefix cache: the feed of KV-aware
+ * routing. Set it before the engine runs (before engine_loop_start). */
+void engine_set_kv_event_cb(engine_t *e, kv_event_cb cb, void *data);
 /* engine_max_model_len: the effective context length (tokens per request at most). */
 int engine_max_model_len(const engine_t *e);
 
