@@ -8,6 +8,7 @@
 
 int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_serve(int argc, char **argv); /* only with STRATA_HAVE_SERVE (STRATA_NET builds) */
 
 /* cli_default_model: ../shared/models/stories260K (the GGUF) when present, else "dummy:tiny". */
 const char *cli_default_model(void);

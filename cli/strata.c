@@ -13,6 +13,9 @@ static const struct {
 } g_cmds[] = {
     {"generate", cmd_generate, "generate text from a prompt with a local engine"},
     {"tokenize", cmd_tokenize, "print the token ids of a text"},
+#ifdef STRATA_HAVE_SERVE
+    {"serve", cmd_serve, "serve the OpenAI-compatible HTTP API with a local engine"},
+#endif
 };
 
 static void usage(FILE *f) {

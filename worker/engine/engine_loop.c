@@ -24,6 +24,7 @@ struct engine_loop {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   int stop;
+  int failed;               /* the engine stopped on a fatal error, under mu */
   cmd_t *in_head, *in_tail; /* inbox, under mu */
   int n_in;
   engine_event_t *out;      /* outbox ring, under mu */
@@ -92,6 +93,10 @@ static void *loop_main(void *arg) {
       if (rc) {
         /* NOTE: a backend failure is fatal for this engine (crash-only): report and stop stepping. */
         log_error("engine step failed (%s): the engine stops", strata_strerror(rc));
+        pthread_mutex_lock(&l->mu);
+        l->failed = 1;
+        pthread_mutex_unlock(&l->mu);
+        if (l->notify) l->notify(l->notify_data);
         break;
       }
       pthread_mutex_lock(&l->mu);
@@ -205,6 +210,13 @@ int engine_loop_n_pending(engine_loop_t *l) {
   int n = l->n_in + l->stats.n_waiting;
   pthread_mutex_unlock(&l->mu);
   return n;
+}
+
+int engine_loop_failed(engine_loop_t *l) {
+  pthread_mutex_lock(&l->mu);
+  int f = l->failed;
+  pthread_mutex_unlock(&l->mu);
+  return f;
 }
 
 const engine_t *engine_loop_engine(const engine_loop_t *l) { return l->e; }

@@ -42,6 +42,10 @@ void engine_loop_stats(engine_loop_t *l, engine_stats_t *st);
 /* engine_loop_queue_len: requests submitted but not yet seen by the engine, plus waiting ones. */
 int engine_loop_n_pending(engine_loop_t *l);
 
+/* engine_loop_failed: nonzero once the engine thread stopped on a fatal backend error (the process
+ * should report itself unhealthy and drain). Thread-safe. */
+int engine_loop_failed(engine_loop_t *l);
+
 const engine_t *engine_loop_engine(const engine_loop_t *l);
 
 #endif

@@ -1,0 +1,81 @@
+/* serve_int.h: the state `strata serve` shares between its files. Everything here belongs to the
+ * loop thread, except what the engine thread reaches through engine_loop and ev_async. */
+#ifndef STRATA_SERVE_INT_H
+#define STRATA_SERVE_INT_H
+
+#include <ev.h>
+
+#include "common/api/api.h"
+#include "common/http/http.h"
+#include "common/metrics/metrics.h"
+#include "worker/api/serve.h"
+#include "worker/engine/engine_loop.h"
+
+/* NOTE: engine ids are (seq << SERVE_CHOICE_BITS) | choice, so one map entry per HTTP request
+ * routes the events of all its choices. */
+#define SERVE_CHOICE_BITS 8
+#define SERVE_MAX_CHOICES (1 << SERVE_CHOICE_BITS)
+#define SERVE_MAP_BUCKETS 4096
+
+typedef struct serve serve_t;
+
+/* One generation request in flight (owner: the loop thread). */
+typedef struct serve_req {
+  serve_t *srv;
+  http_request_t *http;
+  uint64_t seq;
+  api_request_t areq;
+  api_session_t *sess;
+  char *out;             /* SSE bytes not handed to the connection yet */
+  size_t out_len, out_cap;
+  int stream_begun, paused, finished;
+  int n_live;            /* choices whose engine request may still run */
+  unsigned char *done;   /* (n_choices) */
+  double t_start_s;
+  double *t_last_s;      /* (n_choices) time of the last token, 0 before the first */
+  struct serve_req *map_next;
+} serve_req_t;
+
+typedef struct {
+  metrics_family_t *ttft, *itl, *e2e, *running, *waiting, *kv_usage, *kv_used, *prefix_queries, *prefix_hits,
+      *prompt_tokens, *gen_tokens, *preemptions, *success;
+  engine_stats_t last; /* for counters mirrored from the engine's cumulative statistics */
+} serve_metrics_t;
+
+struct serve {
+  const serve_conf_t *conf;
+  struct ev_loop *loop;
+  ev_async wake;
+  ev_signal sigint, sigterm;
+  http_server_t *http;
+  engine_loop_t *engine;
+  tok_t *tok;
+  chat_template_t *chat;
+  api_ctx_t ctx;
+  api_backend_t backend; /* the engine loop behind common/api's engine interface */
+  char model_name[256];
+  int64_t started;
+  uint64_t next_seq;
+  int n_live;            /* engine requests admitted and not finished, over all HTTP requests */
+  int capacity;          /* max_num_seqs + max_queue */
+  serve_req_t *map[SERVE_MAP_BUCKETS]; /* seq -> request, chained through map_next */
+  metrics_registry_t *reg;
+  serve_metrics_t m;
+};
+
+/* serve_http.c */
+/* serve_backend_init: fills S->backend with submit/abort over S->engine. */
+void serve_backend_init(serve_t *s);
+void serve_on_request(http_request_t *req, void *data);
+void serve_on_wake(struct ev_loop *loop, ev_async *w, int revents);
+/* serve_metrics.c */
+int serve_metrics_init(serve_t *s);
+/* serve_metrics_render: refreshes the engine gauges and renders the registry (malloc'd). */
+char *serve_metrics_render(serve_t *s, size_t *len);
+/* serve.c: the request map */
+void serve_map_put(serve_t *s, serve_req_t *r);
+serve_req_t *serve_map_get(serve_t *s, uint64_t seq);
+void serve_map_del(serve_t *s, uint64_t seq);
+double serve_now_s(void);
+
+#endif
