@@ -12,3 +12,12 @@ cmake -S . -B build-asan -DSTRATA_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/nul
 cmake --build build-asan -j"$JOBS"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest -L unit --output-on-failure -j"$JOBS")
+# The CUDA backend compiles and links for 80;90a (no GPU here: the smoke test expects a clean
+# "no CUDA device"). GPU runs are tests/gpu/run.sh on a GPU machine (docs/gpu.md).
+if [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH=/usr/local/cuda/bin:$PATH
+  cmake -S . -B build-cuda -DSTRATA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="80;90a" -DSTRATA_NET=OFF \
+    -DSTRATA_TESTS=OFF >/dev/null
+  cmake --build build-cuda -j"$JOBS" --target cuda_smoke strata strata-bench
+  (cd build-cuda && ctest -R gpu.cuda_smoke --output-on-failure)
+fi

@@ -78,8 +78,10 @@ int engine_create(engine_t **out, const model_t *m, const engine_cfg_t *cfg) {
   if (e->max_model_len <= 0) e->max_model_len = 2048;
   int n_blocks = 0;
   int rc = backend_create(&e->be, c->device, c->n_threads, c->act_dtype);
+  /* NOTE: the KV cache is sized after the weights and scratch are placed, from what they left free. */
+  if (!rc) rc = fwd_init(&e->fwd, m, e->be, c->block_size, c->max_batched_tokens, c->max_num_seqs);
   if (!rc) rc = size_kv(e, &n_blocks);
-  if (!rc) rc = fwd_init(&e->fwd, m, e->be, n_blocks, c->block_size, c->max_batched_tokens, c->max_num_seqs);
+  if (!rc) rc = fwd_alloc_kv(&e->fwd, n_blocks);
   if (!rc) rc = kv_pool_init(&e->kv, n_blocks, c->block_size, c->prefix_caching, c->hash_seed);
   if (!rc) {
     sched_cfg_t sc = {.max_num_seqs = c->max_num_seqs, .max_batched_tokens = c->max_batched_tokens,

@@ -44,14 +44,18 @@ void runner_deinit(runner_batch_t *rb) {
 static void build_batch(engine_t *e, const sched_out_t *so, be_batch_t *b) {
   runner_batch_t *rb = &e->rb;
   const int B = e->kv.block_size;
-  int t = 0, n_logits = 0, max_blocks = 1, max_kv = 0;
+  int t = 0, n_logits = 0, max_blocks = 1, max_kv = 0, need = 1;
   for (int i = 0; i < so->n_items; i++) {
     const sched_item_t *it = &so->items[i];
     int kv_len = it->start + it->n;
     int nb = (kv_len + B - 1) / B;
-    if (nb > max_blocks) max_blocks = nb;
+    if (nb > need) need = nb;
     if (kv_len > max_kv) max_kv = kv_len;
   }
+  /* NOTE: the block-table width is rounded up to a power of two (capped by the longest possible
+   * request), so it changes rarely and a backend can reuse a captured CUDA graph across steps. */
+  while (max_blocks < need) max_blocks *= 2;
+  if (max_blocks > rb->max_blocks) max_blocks = rb->max_blocks;
   for (int i = 0; i < so->n_items; i++) {
     const sched_item_t *it = &so->items[i];
     const req_t *r = it->req;

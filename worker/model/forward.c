@@ -104,17 +104,16 @@ static void *alloc_act(fwd_t *f, int rows, int cols, int *rc) {
   return p;
 }
 
-int fwd_init(fwd_t *f, const model_t *m, backend_t *be, int n_kv_blocks, int block_size, int max_tokens,
-             int max_logits) {
+int fwd_init(fwd_t *f, const model_t *m, backend_t *be, int block_size, int max_tokens, int max_logits) {
   memset(f, 0, sizeof *f);
   f->m = m;
   f->be = be;
   f->max_tokens = max_tokens;
   f->max_logits = max_logits;
   const model_cfg_t *c = &m->cfg;
-  if (n_kv_blocks < 2 || block_size < 1 || max_tokens < 1 || max_logits < 1 || c->head_dim % 2) {
-    log_error("forward: bad sizes (kv blocks %d, block size %d, max tokens %d, head dim %d)", n_kv_blocks,
-              block_size, max_tokens, c->head_dim);
+  if (block_size < 1 || max_tokens < 1 || max_logits < 1 || c->head_dim % 2) {
+    log_error("forward: bad sizes (block size %d, max tokens %d, head dim %d)", block_size, max_tokens,
+              c->head_dim);
     return STRATA_EINVAL;
   }
   int rc = prepare_weights(f);
@@ -131,18 +130,9 @@ int fwd_init(fwd_t *f, const model_t *m, backend_t *be, int n_kv_blocks, int blo
   }
   free(inv);
   f->rope = (be_rope_t){.style = c->rope_style, .head_dim = c->head_dim, .inv_freq = f->inv_freq};
-  /* the paged KV cache */
-  if (!rc) {
-    f->kv = (be_kv_t){.dtype = be->act_dtype, .n_blocks = n_kv_blocks, .n_layers = c->n_layers,
-                      .n_kv_heads = c->n_kv_heads, .block_size = block_size, .head_dim = c->head_dim,
-                      .block_bytes = fwd_kv_block_bytes(c, be->act_dtype, block_size)};
-    f->kv.data = be->ops->alloc(be, f->kv.block_bytes * (size_t)n_kv_blocks);
-    if (!f->kv.data) {
-      log_error("%s: out of memory allocating the KV cache (%d blocks, %.1f MiB)", be->device, n_kv_blocks,
-                (double)f->kv.block_bytes * n_kv_blocks / (1 << 20));
-      rc = STRATA_ENOMEM;
-    }
-  }
+  f->kv = (be_kv_t){.dtype = be->act_dtype, .n_layers = c->n_layers, .n_kv_heads = c->n_kv_heads,
+                    .block_size = block_size, .head_dim = c->head_dim,
+                    .block_bytes = fwd_kv_block_bytes(c, be->act_dtype, block_size)};
   /* scratch activations */
   const int T = max_tokens, C = c->dim, HD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
   f->x = alloc_act(f, T, C, &rc);
@@ -166,6 +156,22 @@ int fwd_init(fwd_t *f, const model_t *m, backend_t *be, int n_kv_blocks, int blo
   }
   if (rc) fwd_deinit(f);
   return rc;
+}
+
+int fwd_alloc_kv(fwd_t *f, int n_kv_blocks) {
+  backend_t *be = f->be;
+  if (n_kv_blocks < 2 || f->kv.data) {
+    log_error("forward: bad KV cache size (%d blocks)", n_kv_blocks);
+    return STRATA_EINVAL;
+  }
+  f->kv.n_blocks = n_kv_blocks;
+  f->kv.data = be->ops->alloc(be, f->kv.block_bytes * (size_t)n_kv_blocks);
+  if (!f->kv.data) {
+    log_error("%s: out of memory allocating the KV cache (%d blocks, %.1f MiB)", be->device, n_kv_blocks,
+              (double)f->kv.block_bytes * n_kv_blocks / (1 << 20));
+    return STRATA_ENOMEM;
+  }
+  return 0;
 }
 
 void fwd_deinit(fwd_t *f) {

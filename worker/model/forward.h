@@ -39,11 +39,13 @@ typedef struct {
 /* fwd_kv_block_bytes: bytes of one KV block (all layers, K and V) in DTYPE. */
 size_t fwd_kv_block_bytes(const model_cfg_t *cfg, dtype_t dtype, int block_size);
 
-/* fwd_init: prepares M's weights on BE and allocates N_KV_BLOCKS blocks of BLOCK_SIZE tokens plus
- * scratch for MAX_TOKENS tokens and MAX_LOGITS logit rows per step. Returns 0 or a STRATA_E* code
- * (STRATA_ENOMEM with a log line saying how much was asked). */
-int fwd_init(fwd_t *f, const model_t *m, backend_t *be, int n_kv_blocks, int block_size, int max_tokens,
-             int max_logits);
+/* fwd_init: prepares M's weights on BE and allocates scratch for MAX_TOKENS tokens and MAX_LOGITS
+ * logit rows per step, for a KV cache of BLOCK_SIZE-token blocks. Returns 0 or a STRATA_E* code
+ * (STRATA_ENOMEM with a log line saying how much was asked). The cache itself comes next. */
+int fwd_init(fwd_t *f, const model_t *m, backend_t *be, int block_size, int max_tokens, int max_logits);
+/* fwd_alloc_kv: allocates the paged KV cache, N_KV_BLOCKS blocks (after fwd_init, so that the
+ * caller can size it from the memory the weights left free). */
+int fwd_alloc_kv(fwd_t *f, int n_kv_blocks);
 void fwd_deinit(fwd_t *f);
 
 /* fwd_run: one forward step over B (host arrays; uploaded here). On return f->logits_host holds

@@ -1,0 +1,80 @@
+/* kernels_cuda.h: the CUDA versions of the kernels of kernels.h (same names with a cuda_ prefix, same order).
+ *
+ * Differences from the CPU reference: activations, residuals and the KV cache are in ACT (f32, bf16 or
+ * f16) instead of f32, with f32 arithmetic inside every kernel; weights are already in ACT (the backend
+ * converts them once, see cuda_convert); norm weights and biases stay f32. The last argument is the
+ * stream instead of the thread pool. All pointers are device memory. Every function launches
+ * asynchronously and returns 0, STRATA_EINVAL (bad shape or dtype) or STRATA_EIO (the launch failed);
+ * errors are logged. None of them synchronizes. Matrix products live in the backend (cuBLASLt); the
+ * GEMV here covers the few-token case. */
+#ifndef STRATA_KERNELS_CUDA_H
+#define STRATA_KERNELS_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#include "common/dtype.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The paged KV cache on the device: layout (n_blocks, L, 2, Hkv, B, D) in DTYPE (the activation dtype). */
+typedef struct {
+  void *data;
+  dtype_t dtype;
+  int n_blocks, n_layers, n_kv_heads, block_size, head_dim;
+} cuda_kv_t;
+
+/* cuda_device_count: the number of usable CUDA devices, 0 when there is none or no driver (never fails). */
+int cuda_device_count(void);
+
+/* out(n) = SRC(n) converted from STYPE (f32, f16, bf16) to DTYPE (f32, f16, bf16); OUT must not alias SRC. */
+int cuda_convert(void *out, dtype_t dtype, const void *src, dtype_t stype, int64_t n, cudaStream_t stream);
+
+/* out(T,C) = emb[ids[t]], emb (V,C) in ACT. An id outside [0,V) gives a zero row. */
+int cuda_embed(void *out, const void *emb, int64_t V, int C, const int32_t *ids, int T, dtype_t act,
+               cudaStream_t stream);
+
+/* out(rows,C) = x / sqrt(mean(x^2) + eps) * w(C) (w f32). OUT may equal X. */
+int cuda_rmsnorm(void *out, const void *x, const float *w, int rows, int C, float eps, dtype_t act,
+                 cudaStream_t stream);
+
+/* residual(rows,C) += x (rounded to ACT); out(rows,C) = rmsnorm(residual). */
+int cuda_add_rmsnorm(void *out, void *residual, const void *x, const float *w, int rows, int C, float eps,
+                     dtype_t act, cudaStream_t stream);
+
+/* out(T,N) = x(T,K) @ w(N,K)^T + bias(N) for 1 <= T <= CUDA_GEMV_MAX_T: one pass over W with 16-byte
+ * loads (the memory-bound decode case). BIAS f32 or NULL. OUT must not alias X. */
+#define CUDA_GEMV_MAX_T 8
+int cuda_gemv(void *out, const void *x, const void *w, int N, int K, const float *bias, int T, dtype_t act,
+              cudaStream_t stream);
+
+/* out(T,N) += bias(N) (f32), after a cuBLASLt product. */
+int cuda_add_bias(void *out, const float *bias, int T, int N, dtype_t act, cudaStream_t stream);
+
+/* As kern_rope_kv_write: rotates q(T,H*D) and k(T,Hkv*D) in place at POSITIONS (angles in double), then
+ * writes k and v to the cache at SLOTS for LAYER; a slot outside the cache is rotated but not written. */
+int cuda_rope_kv_write(void *q, void *k, const void *v, cuda_kv_t *kv, int layer, const int32_t *positions,
+                       const int32_t *slots, int T, int H, int style, const float *inv_freq, cudaStream_t stream);
+
+/* As kern_attention: out(T,H*D), query t of sequence seq_of[t] over its positions 0..positions[t] through
+ * block_table(S, max_blocks), GQA, online softmax in f32. A query whose block table holds a block
+ * outside the cache gets a zero row. D <= 256. */
+int cuda_attention(void *out, const void *q, const cuda_kv_t *kv, int layer, const int32_t *positions,
+                   const int32_t *seq_of, const int32_t *block_table, int max_blocks, int T, int H, float scale,
+                   cudaStream_t stream);
+
+/* out(T,F) = silu(gate) * up. OUT may equal GATE or UP. */
+int cuda_silu_mul(void *out, const void *gate, const void *up, int T, int F, dtype_t act, cudaStream_t stream);
+
+/* out(n,C) = x[rows[i]]. OUT must not alias X. */
+int cuda_gather_rows(void *out, const void *x, const int32_t *rows, int n, int C, dtype_t act, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,321 @@
+/* gpu_parity.c: every op of the CUDA backend against the CPU backend (the reference) on the same random
+ * inputs, in f32 and bf16, then whole-model logits of dummy:tiny. Prints one line per check with the
+ * relative error ||gpu - cpu|| / ||cpu|| and its tolerance; exits 1 if any check fails.
+ * Tolerances: f32 activations 1e-5 (ops) / 1e-4 (whole model); bf16 2e-2 (ops) / 5e-2 (whole model),
+ * since every bf16 output carries a rounding of 2^-9 relative. Inputs are rounded to the tested dtype
+ * before the CPU sees them, so both sides compute on the same values. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/status.h"
+#include "worker/backend/backend.h"
+#include "worker/model/forward.h"
+#include "worker/model/model.h"
+
+static int n_fail, n_pass;
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static float frand(void) { /* uniform in [-1, 1) */
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+static float round_to(dtype_t t, float v) {
+  return t == DTYPE_BF16 ? bf16_to_f32(f32_to_bf16(v)) : t == DTYPE_F16 ? f16_to_f32(f32_to_f16(v)) : v;
+}
+
+static float *rnd_vec(size_t n, float scale, dtype_t t) {
+  float *v = malloc(n * sizeof *v);
+  for (size_t i = 0; i < n; i++) v[i] = round_to(t, frand() * scale);
+  return v;
+}
+
+static void check(const char *what, dtype_t t, const float *got, const float *ref, size_t n, double tol) {
+  double num = 0, den = 0;
+  int nan = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!isfinite(got[i])) nan = 1;
+    num += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
+    den += (double)ref[i] * ref[i];
+  }
+  double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+  int ok = !nan && rel <= tol;
+  printf("%-4s %-34s %-5s rel err %.2e (tol %.0e)\n", ok ? "ok" : "FAIL", what, dtype_name(t), rel, tol);
+  ok ? n_pass++ : n_fail++;
+}
+
+/* The device side of one test: host f32 <-> backend buffers in the act dtype. */
+static void *dev_put(backend_t *be, const float *h, size_t n) {
+  size_t es = dtype_act_bytes(be->act_dtype);
+  void *d = be->ops->alloc(be, n * es);
+  if (be->act_dtype == DTYPE_F32) {
+    be->ops->upload(be, d, h, n * 4);
+    return d;
+  }
+  uint16_t *tmp = malloc(n * 2);
+  for (size_t i = 0; i < n; i++) tmp[i] = be->act_dtype == DTYPE_BF16 ? f32_to_bf16(h[i]) : f32_to_f16(h[i]);
+  be->ops->upload(be, d, tmp, n * 2);
+  free(tmp);
+  return d;
+}
+
+static float *dev_get(backend_t *be, const void *d, size_t n) {
+  float *h = malloc(n * sizeof *h);
+  if (be->ops->to_host_f32(be, h, d, (int64_t)n) != 0) {
+    printf("FAIL to_host_f32 returned an error\n");
+    n_fail++;
+  }
+  return h;
+}
+
+static void *dev_i32(backend_t *be, const int32_t *h, size_t n) {
+  void *d = be->ops->alloc(be, n * 4);
+  be->ops->upload(be, d, h, n * 4);
+  return d;
+}
+
+static void test_norms(backend_t *cpu, backend_t *gpu, dtype_t t) {
+  const int rows = 7, C = 1000;
+  float *x = rnd_vec((size_t)rows * C, 2.0f, t), *r = rnd_vec((size_t)rows * C, 2.0f, t), *w = rnd_vec(C, 1.0f, DTYPE_F32);
+  float *out = malloc(sizeof(float) * rows * C), *r2 = malloc(sizeof(float) * rows * C);
+  void *dx = dev_put(gpu, x, (size_t)rows * C), *dr = dev_put(gpu, r, (size_t)rows * C), *dout = dev_put(gpu, x, (size_t)rows * C);
+  float *dw = gpu->ops->alloc(gpu, C * 4);
+  gpu->ops->upload(gpu, dw, w, C * 4);
+  cpu->ops->rmsnorm(cpu, out, x, w, rows, C, 1e-5f);
+  gpu->ops->rmsnorm(gpu, dout, dx, dw, rows, C, 1e-5f);
+  float *g = dev_get(gpu, dout, (size_t)rows * C);
+  check("rmsnorm (7 x 1000)", t, g, out, (size_t)rows * C, t == DTYPE_F32 ? 1e-5 : 2e-2);
+  free(g);
+  memcpy(r2, r, sizeof(float) * rows * C);
+  cpu->ops->add_rmsnorm(cpu, out, r2, x, w, rows, C, 1e-5f);
+  gpu->ops->add_rmsnorm(gpu, dout, dr, dx, dw, rows, C, 1e-5f);
+  g = dev_get(gpu, dout, (size_t)rows * C);
+  check("add_rmsnorm out", t, g, out, (size_t)rows * C, t == DTYPE_F32 ? 1e-5 : 2e-2);
+  free(g);
+  g = dev_get(gpu, dr, (size_t)rows * C);
+  check("add_rmsnorm residual", t, g, r2, (size_t)rows * C, t == DTYPE_F32 ? 1e-6 : 1e-2);
+  free(g);
+  /* silu_mul and gather_rows on the same buffers */
+  cpu->ops->silu_mul(cpu, out, x, r2, rows, C); /* dr now holds the residual sum, as r2 does */
+  gpu->ops->silu_mul(gpu, dout, dx, dr, rows, C);
+  g = dev_get(gpu, dout, (size_t)rows * C);
+  check("silu_mul (7 x 1000)", t, g, out, (size_t)rows * C, t == DTYPE_F32 ? 1e-6 : 1e-2);
+  free(g);
+  int32_t rws[3] = {5, 0, 5};
+  void *drows = dev_i32(gpu, rws, 3);
+  cpu->ops->gather_rows(cpu, out, x, rws, 3, C);
+  gpu->ops->gather_rows(gpu, dout, dx, drows, 3, C);
+  g = dev_get(gpu, dout, (size_t)3 * C);
+  check("gather_rows", t, g, out, (size_t)3 * C, 0);
+  free(g);
+  void *bufs[] = {dx, dr, dout, dw, drows};
+  for (int i = 0; i < 5; i++) gpu->ops->free(gpu, bufs[i]);
+  free(x), free(r), free(w), free(out), free(r2);
+}
+
+/* matmul through weight_prepare from host weights in WT (f32 or bf16), T covering the GEMV and cuBLASLt
+ * paths, with and without bias; embed from the same matrix. */
+static void test_matmul(backend_t *cpu, backend_t *gpu, dtype_t t, dtype_t wt, int N, int K) {
+  float *wf = rnd_vec((size_t)N * K, 0.1f, t);
+  void *wh = wf;
+  uint16_t *wb = NULL;
+  if (wt == DTYPE_BF16) {
+    wb = malloc((size_t)N * K * 2);
+    for (size_t i = 0; i < (size_t)N * K; i++) wb[i] = f32_to_bf16(wf[i]), wf[i] = bf16_to_f32(wb[i]);
+    wh = wb;
+  }
+  weight_t hw = {.data = wh, .dtype = wt, .rows = N, .cols = K}, cw, gw;
+  float *bias = rnd_vec(N, 1.0f, DTYPE_F32);
+  float *db = gpu->ops->alloc(gpu, (size_t)N * 4);
+  gpu->ops->upload(gpu, db, bias, (size_t)N * 4);
+  cpu->ops->weight_prepare(cpu, &cw, &hw);
+  if (gpu->ops->weight_prepare(gpu, &gw, &hw) != 0) {
+    printf("FAIL weight_prepare\n");
+    n_fail++;
+    return;
+  }
+  const int Ts[] = {1, 3, 8, 9, 77};
+  for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++) {
+    int T = Ts[i];
+    float *x = rnd_vec((size_t)T * K, 1.0f, t), *out = malloc(sizeof(float) * T * N);
+    void *dx = dev_put(gpu, x, (size_t)T * K), *dout = gpu->ops->alloc(gpu, (size_t)T * N * 4);
+    for (int withb = 0; withb < 2; withb++) {
+      cpu->ops->matmul(cpu, out, x, &cw, withb ? bias : NULL, T);
+      gpu->ops->matmul(gpu, dout, dx, &gw, withb ? db : NULL, T);
+      float *g = dev_get(gpu, dout, (size_t)T * N);
+      char what[64];
+      snprintf(what, sizeof what, "matmul %s T%d N%d K%d%s", dtype_name(wt), T, N, K, withb ? " +bias" : "");
+      check(what, t, g, out, (size_t)T * N, t == DTYPE_F32 ? 1e-5 : 2e-2);
+      free(g);
+    }
+    gpu->ops->free(gpu, dx);
+    gpu->ops->free(gpu, dout);
+    free(x), free(out);
+  }
+  int32_t ids[4] = {3, 0, N - 1, 3};
+  void *dids = dev_i32(gpu, ids, 4), *dout = gpu->ops->alloc(gpu, (size_t)4 * K * 4);
+  float *out = malloc(sizeof(float) * 4 * K);
+  cpu->ops->embed(cpu, out, &cw, ids, 4);
+  gpu->ops->embed(gpu, dout, &gw, dids, 4);
+  float *g = dev_get(gpu, dout, (size_t)4 * K);
+  check("embed", t, g, out, (size_t)4 * K, t == DTYPE_F32 ? 0 : 1e-2);
+  free(g), free(out);
+  gpu->ops->free(gpu, dids);
+  gpu->ops->free(gpu, dout);
+  gpu->ops->free(gpu, db);
+  gpu->ops->weight_release(gpu, &gw);
+  free(wf), free(wb), free(bias);
+}
+
+/* A ragged batch over a paged cache: sequence s has LEN[s] tokens in blocks given by a shuffled table.
+ * Step 1 is a prefill of PRE[s] tokens per sequence (prefill chunks of different lengths), step 2 one
+ * decode token per sequence: rope_kv_write then attention, compared after each step (q, cache, out). */
+static void test_attention(backend_t *cpu, backend_t *gpu, dtype_t t, int style, int D, int HKV) {
+  enum { S = 3, H = 8, B = 16, NB = 24, MAXB = 6 };
+  const int pre[S] = {21, 70, 4};
+  be_kv_t ckv = {.dtype = DTYPE_F32, .n_blocks = NB, .n_layers = 2, .n_kv_heads = HKV, .block_size = B, .head_dim = D};
+  ckv.block_bytes = (size_t)2 * 2 * HKV * B * D * 4;
+  be_kv_t gkv = ckv;
+  gkv.dtype = t;
+  gkv.block_bytes = ckv.block_bytes / 4 * dtype_act_bytes(t);
+  ckv.data = calloc(1, ckv.block_bytes * NB);
+  gkv.data = gpu->ops->alloc(gpu, gkv.block_bytes * NB);
+  int32_t table[S * MAXB];
+  for (int i = 0; i < S * MAXB; i++) table[i] = 1 + (i * 7) % (NB - 1); /* distinct blocks 1..23, shuffled */
+  float inv[128];
+  for (int i = 0; i < D / 2; i++) inv[i] = (float)(1.0 / pow(10000.0, 2.0 * i / D));
+  float *dinv = gpu->ops->alloc(gpu, sizeof(float) * (size_t)(D / 2));
+  gpu->ops->upload(gpu, dinv, inv, sizeof(float) * (size_t)(D / 2));
+  be_rope_t crope = {.style = style, .head_dim = D, .inv_freq = inv}, grope = {.style = style, .head_dim = D, .inv_freq = dinv};
+  for (int step = 0; step < 2; step++) {
+    int T = 0, tok[128], pos[128], slot[128], seq[128], qs[S + 1], kvl[S], lr[S];
+    for (int s = 0; s < S; s++) {
+      qs[s] = T;
+      int first = step == 0 ? 0 : pre[s], n = step == 0 ? pre[s] : 1;
+      for (int j = 0; j < n; j++, T++) {
+        int p = first + j;
+        tok[T] = 0, pos[T] = p, seq[T] = s, slot[T] = table[s * MAXB + p / B] * B + p % B;
+      }
+      kvl[s] = first + n;
+      lr[s] = T - 1;
+    }
+    qs[S] = T;
+    be_batch_t hb = {.n_tokens = T, .n_seqs = S, .tokens = tok, .positions = pos, .slots = slot, .seq_of = seq,
+                     .q_start = qs, .kv_len = kvl, .block_table = table, .max_blocks = MAXB, .max_kv_len = 71,
+                     .logit_rows = lr, .n_logits = S};
+    size_t nq = (size_t)T * H * D, nk = (size_t)T * HKV * D;
+    float *q = rnd_vec(nq, 1.0f, t), *k = rnd_vec(nk, 1.0f, t), *v = rnd_vec(nk, 1.0f, t);
+    void *dq = dev_put(gpu, q, nq), *dk = dev_put(gpu, k, nk), *dv = dev_put(gpu, v, nk);
+    void *dout = gpu->ops->alloc(gpu, nq * 4);
+    be_batch_t gb; /* a step: batch_upload, the ops, then the results (a decode step may be a CUDA graph) */
+    gpu->ops->batch_upload(gpu, &gb, &hb);
+    float *out = malloc(nq * sizeof(float));
+    for (int layer = 0; layer < 2; layer++) {
+      cpu->ops->rope_kv_write(cpu, q, k, v, &ckv, layer, &hb, &crope, H, HKV);
+      gpu->ops->rope_kv_write(gpu, dq, dk, dv, &gkv, layer, &gb, &grope, H, HKV);
+      cpu->ops->attention(cpu, out, q, &ckv, layer, &hb, H, HKV, 0.125f);
+      gpu->ops->attention(gpu, dout, dq, &gkv, layer, &gb, H, HKV, 0.125f);
+    }
+    char what[64];
+    float *g = dev_get(gpu, dq, nq);
+    snprintf(what, sizeof what, "rope (%s) q, step %d", style ? "neox" : "norm", step);
+    check(what, t, g, q, nq, t == DTYPE_F32 ? 1e-6 : 1e-2);
+    free(g);
+    size_t nkv = ckv.block_bytes / 4 * NB;
+    g = dev_get(gpu, gkv.data, nkv);
+    snprintf(what, sizeof what, "rope+kv write: cache, step %d", step);
+    check(what, t, g, ckv.data, nkv, t == DTYPE_F32 ? 1e-6 : 1e-2);
+    free(g);
+    g = dev_get(gpu, dout, nq);
+    snprintf(what, sizeof what, "attention %s T%d D%d G%d", step ? "decode" : "prefill", T, D, H / HKV);
+    check(what, t, g, out, nq, t == DTYPE_F32 ? 1e-5 : 2e-2);
+    free(g);
+    void *bufs[] = {dq, dk, dv, dout};
+    for (int i = 0; i < 4; i++) gpu->ops->free(gpu, bufs[i]);
+    free(q), free(k), free(v), free(out);
+  }
+  gpu->ops->free(gpu, gkv.data);
+  gpu->ops->free(gpu, dinv);
+  free(ckv.data);
+}
+
+/* dummy:tiny (GQA, f32 weights): one prefill of 2 sequences then 3 decode steps, logits of both backends. */
+static void test_model(backend_t *cpu, backend_t *gpu, dtype_t t, const char *preset) {
+  model_t *m = NULL;
+  model_load_opts_t o = {.seed = 7, .dtype = DTYPE_F32};
+  if (model_load(&m, preset, &o) != 0) {
+    printf("FAIL cannot load %s\n", preset);
+    n_fail++;
+    return;
+  }
+  fwd_t fc, fg;
+  enum { B = 16, MAXB = 4 };
+  if (fwd_init(&fc, m, cpu, 16, B, 64, 4) || fwd_init(&fg, m, gpu, 16, B, 64, 4)) {
+    printf("FAIL fwd_init\n");
+    n_fail++;
+    model_free(m);
+    return;
+  }
+  int32_t table[2 * MAXB] = {3, 9, 4, 1, 7, 2, 12, 5};
+  const int V = m->cfg.vocab_size;
+  for (int step = 0; step < 4; step++) {
+    int pre[2] = {13, 30}, T = 0, tok[64], pos[64], slot[64], seq[64], qs[3], kvl[2], lr[2];
+    for (int s = 0; s < 2; s++) {
+      qs[s] = T;
+      int first = step == 0 ? 0 : pre[s] + step - 1, n = step == 0 ? pre[s] : 1;
+      for (int j = 0; j < n; j++, T++) {
+        int p = first + j;
+        tok[T] = (p * 31 + s * 7 + 1) % V, pos[T] = p, seq[T] = s, slot[T] = table[s * MAXB + p / B] * B + p % B;
+      }
+      kvl[s] = first + n;
+      lr[s] = T - 1;
+    }
+    qs[2] = T;
+    be_batch_t hb = {.n_tokens = T, .n_seqs = 2, .tokens = tok, .positions = pos, .slots = slot, .seq_of = seq,
+                     .q_start = qs, .kv_len = kvl, .block_table = table, .max_blocks = MAXB, .max_kv_len = 33,
+                     .logit_rows = lr, .n_logits = 2};
+    if (fwd_run(&fc, &hb) || fwd_run(&fg, &hb)) {
+      printf("FAIL fwd_run\n");
+      n_fail++;
+      break;
+    }
+    char what[64];
+    snprintf(what, sizeof what, "%s logits, step %d", preset, step);
+    check(what, t, fg.logits_host, fc.logits_host, (size_t)2 * V, t == DTYPE_F32 ? 1e-4 : 5e-2);
+  }
+  fwd_deinit(&fc);
+  fwd_deinit(&fg);
+  model_free(m);
+}
+
+int main(void) {
+  backend_t *cpu = NULL;
+  if (backend_create(&cpu, "cpu", 0, -1) != 0) return 1;
+  const dtype_t types[2] = {DTYPE_F32, DTYPE_BF16};
+  for (int i = 0; i < 2; i++) {
+    backend_t *gpu = NULL;
+    if (backend_create(&gpu, "cuda", 0, types[i]) != 0) {
+      printf("FAIL cannot create the CUDA backend in %s\n", dtype_name(types[i]));
+      return 1;
+    }
+    test_norms(cpu, gpu, types[i]);
+    test_matmul(cpu, gpu, types[i], DTYPE_F32, 320, 512);
+    test_matmul(cpu, gpu, types[i], DTYPE_BF16, 130, 100);
+    test_attention(cpu, gpu, types[i], 0, 64, 2);
+    test_attention(cpu, gpu, types[i], 1, 128, 1);
+    test_attention(cpu, gpu, types[i], 1, 36, 8);
+    test_model(cpu, gpu, types[i], "dummy:tiny");
+    if (gpu->ops->sync(gpu) != 0) {
+      printf("FAIL the CUDA backend reported an error\n");
+      n_fail++;
+    }
+    backend_destroy(gpu);
+  }
+  backend_destroy(cpu);
+  printf("gpu_parity: %d passed, %d failed\n", n_pass, n_fail);
+  return n_fail ? 1 : 0;
+}

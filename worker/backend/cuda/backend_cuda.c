@@ -1,0 +1,646 @@
+/* backend_cuda.c: the CUDA backend: device memory, one stream, cuBLASLt GEMMs and the kernels of kernels/cuda. */
+#include "worker/backend/cuda/backend_cuda.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#include "common/log.h"
+#include "common/status.h"
+#include "kernels/kernels_cuda.h"
+
+#define GEMM_CACHE 256                 /* cached cuBLASLt plans, keyed by (N, K, T, dtype) */
+#define GEMM_WORKSPACE (32u << 20)     /* cuBLASLt workspace bytes */
+#define STAGE_BYTES ((size_t)32 << 20) /* one of the two pinned staging buffers of weight uploads */
+
+typedef struct {
+  int valid, N, K, T;
+  dtype_t dt;
+  cublasLtMatmulDesc_t op;
+  cublasLtMatrixLayout_t a, b, c;
+  cublasLtMatmulAlgo_t algo;
+} gemm_plan_t;
+
+/* A decode step captured as a CUDA graph, replayed while the step's shape (and so every launch argument)
+ * is the same: the kernels read positions, slots and block tables from the batch buffer at run time. */
+#define GRAPH_CACHE 32
+typedef struct {
+  int T, S, max_blocks, n_logits;
+  cudaGraphExec_t exec;
+} graph_entry_t;
+enum { STEP_EAGER = 0, STEP_CAPTURE, STEP_REPLAY };
+
+typedef struct {
+  int device;
+  int graphs_on;  /* STRATA_CUDA_GRAPHS (default 1) */
+  int step_mode;  /* STEP_* of the step in flight */
+  graph_entry_t graphs[GRAPH_CACHE], *step_graph;
+  int graph_next; /* the entry a new graph replaces when the cache is full */
+  cudaStream_t stream;
+  cublasLtHandle_t lt;
+  void *workspace;
+  gemm_plan_t plans[GEMM_CACHE];
+  int gemv_max_t; /* T up to which matmul uses our GEMV instead of cuBLASLt */
+  int err; /* the first error of an op (ops return void); reported by sync and to_host_f32 */
+  /* batch_upload: one pinned buffer, one copy */
+  int32_t *batch_host, *batch_dev;
+  size_t batch_cap; /* int32 elements */
+  cudaEvent_t batch_copied;
+  /* to_host_f32 of bf16/f16 activations */
+  float *f32_scratch;
+  size_t f32_cap;
+  /* weight uploads: double-buffered pinned host and device staging */
+  void *stage_host[2], *stage_dev[2];
+  cudaEvent_t stage_free[2];
+} cuda_ctx_t;
+
+static cuda_ctx_t *ctx_of(backend_t *be) { return be->ctx; }
+
+/* cu_ok: 0 when E is success, else logs WHAT with the CUDA error and returns STRATA_EIO. */
+static int cu_ok(cudaError_t e, const char *what) {
+  if (e == cudaSuccess) return 0;
+  log_error("cuda backend: %s: %s", what, cudaGetErrorString(e));
+  return STRATA_EIO;
+}
+
+static void note(backend_t *be, int rc) {
+  cuda_ctx_t *c = ctx_of(be);
+  if (rc && !c->err) c->err = rc;
+}
+
+/* ---- decode steps as CUDA graphs ---- */
+
+static void graphs_clear(cuda_ctx_t *c) {
+  for (int i = 0; i < GRAPH_CACHE; i++)
+    if (c->graphs[i].exec) cudaGraphExecDestroy(c->graphs[i].exec);
+  memset(c->graphs, 0, sizeof c->graphs);
+  c->step_graph = NULL;
+}
+
+/* step_begin: after a batch upload. A decode-only batch (one token per sequence) replays its cached graph,
+ * or is captured into a new one; anything else runs eagerly. */
+static int step_end(cuda_ctx_t *c);
+
+static void step_begin(cuda_ctx_t *c, const be_batch_t *b) {
+  if (c->step_mode != STEP_EAGER) step_end(c); /* the previous step never read its results */
+  c->step_mode = STEP_EAGER;
+  if (!c->graphs_on || c->err || b->n_tokens != b->n_seqs || b->n_tokens > 512) return;
+  for (int i = 0; i < GRAPH_CACHE; i++) {
+    graph_entry_t *g = &c->graphs[i];
+    if (g->exec && g->T == b->n_tokens && g->S == b->n_seqs && g->max_blocks == b->max_blocks &&
+        g->n_logits == b->n_logits) {
+      c->step_graph = g;
+      c->step_mode = STEP_REPLAY;
+      return;
+    }
+  }
+  graph_entry_t *g = NULL;
+  for (int i = 0; i < GRAPH_CACHE && !g; i++)
+    if (!c->graphs[i].exec) g = &c->graphs[i];
+  if (!g) {
+    g = &c->graphs[c->graph_next];
+    c->graph_next = (c->graph_next + 1) % GRAPH_CACHE;
+    cudaGraphExecDestroy(g->exec);
+  }
+  *g = (graph_entry_t){.T = b->n_tokens, .S = b->n_seqs, .max_blocks = b->max_blocks, .n_logits = b->n_logits};
+  if (cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
+  c->step_graph = g;
+  c->step_mode = STEP_CAPTURE;
+}
+
+/* step_end: before the step's results are read: ends a capture and launches the graph (new or cached). */
+static int step_end(cuda_ctx_t *c) {
+  int mode = c->step_mode, rc = 0;
+  c->step_mode = STEP_EAGER;
+  graph_entry_t *g = c->step_graph;
+  if (mode == STEP_CAPTURE) {
+    cudaGraph_t graph = NULL;
+    rc = cu_ok(cudaStreamEndCapture(c->stream, &graph), "capturing a decode step");
+    if (!rc && !c->err) rc = cu_ok(cudaGraphInstantiate(&g->exec, graph, 0), "instantiating a decode step graph");
+    if (graph) cudaGraphDestroy(graph);
+    if (rc || c->err) {
+      /* the step's ops were recorded, not run: this step fails, later ones run eagerly */
+      log_error("cuda backend: a decode step could not run as a CUDA graph; graphs are off from now on");
+      g->exec = NULL;
+      c->graphs_on = 0;
+      return rc ? rc : c->err;
+    }
+  }
+  if (mode != STEP_EAGER) rc = cu_ok(cudaGraphLaunch(g->exec, c->stream), "launching a decode step graph");
+  return rc;
+}
+
+/* In a replayed step the graph already holds every op: the op calls of the forward pass are skipped. */
+static int replaying(backend_t *be) { return ctx_of(be)->step_mode == STEP_REPLAY; }
+
+/* Memory calls inside a step (after batch_upload, before the logits are read) would break the capture or
+ * run out of order with a replayed graph: they are refused. */
+static int outside_step(backend_t *be, const char *what) {
+  cuda_ctx_t *c = ctx_of(be);
+  if (c->step_mode == STEP_EAGER) return 0;
+  log_error("cuda backend: %s inside a forward step (between batch_upload and to_host_f32/sync) is not allowed",
+            what);
+  if (!c->err) c->err = STRATA_EINVAL;
+  return STRATA_EINVAL;
+}
+
+/* ---- memory ---- */
+
+static void *cuda_alloc(backend_t *be, size_t bytes) {
+  cuda_ctx_t *c = ctx_of(be);
+  void *p = NULL;
+  if (outside_step(be, "alloc")) return NULL;
+  if (bytes == 0) bytes = 1;
+  cudaError_t e = cudaMalloc(&p, bytes);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    log_error("cuda backend: out of device memory allocating %.1f MiB on %s (%s)", bytes / 1048576.0, be->device,
+              cudaGetErrorString(e));
+    return NULL;
+  }
+  if (cu_ok(cudaMemsetAsync(p, 0, bytes, c->stream), "zeroing an allocation") ||
+      cu_ok(cudaStreamSynchronize(c->stream), "zeroing an allocation")) {
+    cudaFree(p);
+    return NULL;
+  }
+  return p;
+}
+
+static void cuda_free(backend_t *be, void *p) {
+  graphs_clear(ctx_of(be)); /* a cached graph may point into P */
+  if (p) cudaFree(p);
+}
+
+static int cuda_upload(backend_t *be, void *dst, const void *src, size_t bytes) {
+  cuda_ctx_t *c = ctx_of(be);
+  if (!bytes) return 0;
+  if (outside_step(be, "upload")) return STRATA_EINVAL;
+  int rc = cu_ok(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream), "upload");
+  if (!rc) rc = cu_ok(cudaStreamSynchronize(c->stream), "upload");
+  return rc;
+}
+
+static int cuda_download(backend_t *be, void *dst, const void *src, size_t bytes) {
+  cuda_ctx_t *c = ctx_of(be);
+  if (!bytes) return 0;
+  if (outside_step(be, "download")) return STRATA_EINVAL;
+  int rc = cu_ok(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream), "download");
+  if (!rc) rc = cu_ok(cudaStreamSynchronize(c->stream), "download");
+  return rc;
+}
+
+static int cuda_sync(backend_t *be) {
+  cuda_ctx_t *c = ctx_of(be);
+  int rs = step_end(c);
+  int rc = cu_ok(cudaStreamSynchronize(c->stream), "synchronize");
+  if (rs && !rc) rc = rs;
+  if (c->err) {
+    rc = c->err;
+    c->err = 0;
+  }
+  return rc;
+}
+
+/* STRATA_CUDA_RESERVE_MIB (default 0) is subtracted from the free memory reported: a stopgap while the
+ * engine sizes the KV cache from free memory before the weights are on the device (see docs/gpu.md). */
+static int cuda_mem_info(backend_t *be, size_t *free_bytes, size_t *total_bytes) {
+  int rc = cu_ok(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
+  const char *env = getenv("STRATA_CUDA_RESERVE_MIB");
+  size_t reserve = env ? (size_t)strtoull(env, NULL, 10) << 20 : 0;
+  if (!rc) *free_bytes = *free_bytes > reserve ? *free_bytes - reserve : 0;
+  return rc;
+}
+
+/* ---- weights ---- */
+
+/* stage_chunk: fills staging buffer I from SRC (N elements of STYPE, or ROWS rows of a quantized type
+ * dequantized to f32), uploads it and converts it into DST (DTYPE) at element offset OFF. */
+static int stage_chunk(backend_t *be, int i, void *dst, dtype_t dtype, int64_t off, const void *src, dtype_t stype,
+                       int64_t n) {
+  cuda_ctx_t *c = ctx_of(be);
+  int rc = cu_ok(cudaEventSynchronize(c->stage_free[i]), "weight staging");
+  if (rc) return rc;
+  dtype_t ctype = stype;
+  size_t bytes;
+  if (dtype_is_quant(stype)) {
+    if ((rc = dtype_to_f32(stype, src, c->stage_host[i], n)) != 0) return rc;
+    ctype = DTYPE_F32;
+    bytes = (size_t)n * 4;
+  } else {
+    bytes = dtype_row_bytes(stype, n);
+    memcpy(c->stage_host[i], src, bytes);
+  }
+  char *d = (char *)dst + (size_t)off * dtype_act_bytes(dtype);
+  if (ctype == dtype) {
+    rc = cu_ok(cudaMemcpyAsync(d, c->stage_host[i], bytes, cudaMemcpyHostToDevice, c->stream), "weight upload");
+  } else {
+    rc = cu_ok(cudaMemcpyAsync(c->stage_dev[i], c->stage_host[i], bytes, cudaMemcpyHostToDevice, c->stream),
+               "weight upload");
+    if (!rc) rc = cuda_convert(d, dtype, c->stage_dev[i], ctype, n, c->stream);
+  }
+  if (!rc) rc = cu_ok(cudaEventRecord(c->stage_free[i], c->stream), "weight staging");
+  return rc;
+}
+
+static int stage_init(backend_t *be) {
+  cuda_ctx_t *c = ctx_of(be);
+  if (c->stage_host[0]) return 0;
+  for (int i = 0; i < 2; i++) {
+    if (cu_ok(cudaHostAlloc(&c->stage_host[i], STAGE_BYTES, cudaHostAllocDefault), "pinned staging buffer") ||
+        cu_ok(cudaMalloc(&c->stage_dev[i], STAGE_BYTES), "device staging buffer") ||
+        cu_ok(cudaEventCreateWithFlags(&c->stage_free[i], cudaEventDisableTiming), "staging event"))
+      return STRATA_ENOMEM;
+  }
+  return 0;
+}
+
+/* Matrices become the activation dtype; vectors (norm weights, biases: one row) stay f32, as the ops
+ * take them as float. Quantized weights are dequantized on the host, chunk by chunk. The copies go
+ * through two pinned buffers so that filling one overlaps the transfer of the other. */
+static int cuda_weight_prepare(backend_t *be, weight_t *dst, const weight_t *src) {
+  cuda_ctx_t *c = ctx_of(be);
+  memset(dst, 0, sizeof *dst);
+  dtype_t st = src->dtype, dt = src->rows == 1 ? DTYPE_F32 : be->act_dtype;
+  if (st != DTYPE_F32 && st != DTYPE_F16 && st != DTYPE_BF16 && !dtype_is_quant(st)) {
+    log_error("cuda backend: weight dtype %s cannot be placed on the GPU", dtype_name(st));
+    return STRATA_EUNSUPPORTED;
+  }
+  int64_t n = src->rows * src->cols;
+  void *p = cuda_alloc(be, (size_t)n * dtype_act_bytes(dt));
+  if (!p) return STRATA_ENOMEM;
+  int rc = stage_init(be);
+  if (!rc && dtype_is_quant(st)) {
+    int64_t rows_per = (int64_t)(STAGE_BYTES / ((size_t)src->cols * 4));
+    if (rows_per < 1) {
+      log_error("cuda backend: a weight row of %lld elements exceeds the staging buffer", (long long)src->cols);
+      rc = STRATA_EUNSUPPORTED;
+    }
+    size_t row_bytes = dtype_row_bytes(st, src->cols);
+    for (int64_t r = 0, i = 0; !rc && r < src->rows; r += rows_per, i++) {
+      int64_t nr = src->rows - r < rows_per ? src->rows - r : rows_per;
+      rc = stage_chunk(be, (int)(i & 1), p, dt, r * src->cols, (const char *)src->data + (size_t)r * row_bytes, st,
+                       nr * src->cols);
+    }
+  } else if (!rc) {
+    int64_t per = (int64_t)(STAGE_BYTES / 4);
+    size_t esz = dtype_row_bytes(st, 1);
+    for (int64_t o = 0, i = 0; !rc && o < n; o += per, i++)
+      rc = stage_chunk(be, (int)(i & 1), p, dt, o, (const char *)src->data + (size_t)o * esz, st,
+                       n - o < per ? n - o : per);
+  }
+  if (!rc) rc = cu_ok(cudaStreamSynchronize(c->stream), "weight upload");
+  if (rc) {
+    cudaFree(p);
+    return rc;
+  }
+  *dst = (weight_t){.data = p, .dtype = dt, .rows = src->rows, .cols = src->cols};
+  return 0;
+}
+
+static void cuda_weight_release(backend_t *be, weight_t *w) {
+  if (w->data) cudaFree((void *)w->data);
+  memset(w, 0, sizeof *w);
+}
+
+/* ---- the batch: every array in one pinned buffer and one copy ---- */
+
+static int batch_reserve(backend_t *be, size_t n) {
+  cuda_ctx_t *c = ctx_of(be);
+  if (n <= c->batch_cap) return 0;
+  size_t cap = n < 4096 ? 4096 : n * 2;
+  int rc = cu_ok(cudaStreamSynchronize(c->stream), "batch buffer");
+  if (rc) return rc;
+  cudaFreeHost(c->batch_host);
+  cudaFree(c->batch_dev);
+  c->batch_host = NULL;
+  c->batch_dev = NULL;
+  c->batch_cap = 0;
+  if (cu_ok(cudaHostAlloc((void **)&c->batch_host, cap * 4, cudaHostAllocDefault), "pinned batch buffer") ||
+      cu_ok(cudaMalloc((void **)&c->batch_dev, cap * 4), "device batch buffer"))
+    return STRATA_ENOMEM;
+  c->batch_cap = cap;
+  return 0;
+}
+
+static int cuda_batch_upload(backend_t *be, be_batch_t *dst, const be_batch_t *src) {
+  cuda_ctx_t *c = ctx_of(be);
+  const int T = src->n_tokens, S = src->n_seqs;
+  struct {
+    const int32_t *p;
+    size_t n;
+    const int32_t **out;
+  } parts[] = {
+      {src->tokens, (size_t)T, &dst->tokens},         {src->positions, (size_t)T, &dst->positions},
+      {src->slots, (size_t)T, &dst->slots},           {src->seq_of, (size_t)T, &dst->seq_of},
+      {src->q_start, (size_t)S + 1, &dst->q_start},   {src->kv_len, (size_t)S, &dst->kv_len},
+      {src->block_table, (size_t)S * (size_t)(src->max_blocks > 0 ? src->max_blocks : 0), &dst->block_table},
+      {src->logit_rows, (size_t)(src->n_logits > 0 ? src->n_logits : 0), &dst->logit_rows},
+  };
+  *dst = *src;
+  size_t total = 0;
+  for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) total += parts[i].p ? (parts[i].n + 3) & ~(size_t)3 : 0;
+  int rc = batch_reserve(be, total);
+  /* the previous step's copy must have left the pinned buffer before it is refilled */
+  if (!rc) rc = cu_ok(cudaEventSynchronize(c->batch_copied), "batch upload");
+  if (rc) return rc;
+  size_t o = 0;
+  for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+    if (!parts[i].p) {
+      *parts[i].out = NULL;
+      continue;
+    }
+    memcpy(c->batch_host + o, parts[i].p, parts[i].n * 4);
+    *parts[i].out = c->batch_dev + o;
+    o += (parts[i].n + 3) & ~(size_t)3;
+  }
+  rc = cu_ok(cudaMemcpyAsync(c->batch_dev, c->batch_host, o * 4, cudaMemcpyHostToDevice, c->stream), "batch upload");
+  if (!rc) rc = cu_ok(cudaEventRecord(c->batch_copied, c->stream), "batch upload");
+  if (!rc) step_begin(c, dst);
+  return rc;
+}
+
+/* ---- ops ---- */
+
+static void cuda_op_embed(backend_t *be, void *out, const weight_t *emb, const int32_t *ids, int T) {
+  if (replaying(be)) return;
+  note(be, cuda_embed(out, emb->data, emb->rows, (int)emb->cols, ids, T, be->act_dtype, ctx_of(be)->stream));
+}
+
+static void cuda_op_rmsnorm(backend_t *be, void *out, const void *x, const float *w, int rows, int C, float eps) {
+  if (replaying(be)) return;
+  note(be, cuda_rmsnorm(out, x, w, rows, C, eps, be->act_dtype, ctx_of(be)->stream));
+}
+
+static void cuda_op_add_rmsnorm(backend_t *be, void *out, void *residual, const void *x, const float *w, int rows,
+                                int C, float eps) {
+  if (replaying(be)) return;
+  note(be, cuda_add_rmsnorm(out, residual, x, w, rows, C, eps, be->act_dtype, ctx_of(be)->stream));
+}
+
+static cudaDataType_t lt_type(dtype_t t) {
+  return t == DTYPE_F32 ? CUDA_R_32F : t == DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+}
+
+static void plan_destroy(gemm_plan_t *p) {
+  if (p->op) cublasLtMatmulDescDestroy(p->op);
+  if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+  if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+  if (p->c) cublasLtMatrixLayoutDestroy(p->c);
+  memset(p, 0, sizeof *p);
+}
+
+/* plan_get: the cached cuBLASLt plan for out(T,N) = x(T,K) w(N,K)^T, made (with its heuristic) on first use.
+ * Column-major view: out^T (N,T) = op(W^T as K x N)^T (N,K) * x^T (K,T). */
+static gemm_plan_t *plan_get(backend_t *be, int N, int K, int T, dtype_t dt) {
+  cuda_ctx_t *c = ctx_of(be);
+  unsigned h = ((unsigned)N * 2654435761u) ^ ((unsigned)K * 40503u) ^ ((unsigned)T * 97u) ^ (unsigned)dt;
+  gemm_plan_t *p = NULL;
+  for (int i = 0; i < 8; i++) {
+    gemm_plan_t *q = &c->plans[(h + (unsigned)i) % GEMM_CACHE];
+    if (q->valid && q->N == N && q->K == K && q->T == T && q->dt == dt) return q;
+    if (!q->valid && !p) p = q;
+  }
+  if (!p) p = &c->plans[h % GEMM_CACHE];
+  plan_destroy(p);
+  cudaDataType_t ty = lt_type(dt);
+  cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  cublasLtMatmulPreference_t pref = NULL;
+  cublasLtMatmulHeuristicResult_t res;
+  int n_res = 0;
+  uint64_t ws = GEMM_WORKSPACE;
+  int ok = cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
+           cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) == 0 &&
+           cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) == 0 &&
+           cublasLtMatrixLayoutCreate(&p->a, ty, (uint64_t)K, (uint64_t)N, K) == 0 &&
+           cublasLtMatrixLayoutCreate(&p->b, ty, (uint64_t)K, (uint64_t)T, K) == 0 &&
+           cublasLtMatrixLayoutCreate(&p->c, ty, (uint64_t)N, (uint64_t)T, N) == 0 &&
+           cublasLtMatmulPreferenceCreate(&pref) == 0 &&
+           cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) == 0 &&
+           cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->a, p->b, p->c, p->c, pref, 1, &res, &n_res) == 0 &&
+           n_res > 0;
+  if (pref) cublasLtMatmulPreferenceDestroy(pref);
+  if (!ok) {
+    log_error("cuda backend: cuBLASLt has no algorithm for a %s GEMM of (T %d) x (N %d, K %d)", dtype_name(dt), T, N,
+              K);
+    plan_destroy(p);
+    return NULL;
+  }
+  p->algo = res.algo;
+  p->valid = 1;
+  p->N = N;
+  p->K = K;
+  p->T = T;
+  p->dt = dt;
+  return p;
+}
+
+static void cuda_op_matmul(backend_t *be, void *out, const void *x, const weight_t *w, const float *bias, int T) {
+  if (replaying(be)) return;
+  cuda_ctx_t *c = ctx_of(be);
+  const int N = (int)w->rows, K = (int)w->cols;
+  if (w->dtype != be->act_dtype) {
+    log_error("cuda backend: matmul weight in %s with %s activations (not prepared by this backend?)",
+              dtype_name(w->dtype), dtype_name(be->act_dtype));
+    note(be, STRATA_EINVAL);
+    return;
+  }
+  if (T <= c->gemv_max_t) {
+    note(be, cuda_gemv(out, x, w->data, N, K, bias, T, be->act_dtype, c->stream));
+    return;
+  }
+  gemm_plan_t *p = plan_get(be, N, K, T, be->act_dtype);
+  if (!p) {
+    note(be, STRATA_EUNSUPPORTED);
+    return;
+  }
+  const float alpha = 1.0f, beta = 0.0f;
+  cublasStatus_t s = cublasLtMatmul(c->lt, p->op, &alpha, w->data, p->a, x, p->b, &beta, out, p->c, out, p->c,
+                                    &p->algo, c->workspace, GEMM_WORKSPACE, c->stream);
+  if (s != CUBLAS_STATUS_SUCCESS) {
+    log_error("cuda backend: cublasLtMatmul (T %d, N %d, K %d) failed: status %d", T, N, K, (int)s);
+    note(be, STRATA_EIO);
+    return;
+  }
+  if (bias) note(be, cuda_add_bias(out, bias, T, N, be->act_dtype, c->stream));
+}
+
+static cuda_kv_t kv_of(const be_kv_t *kv) {
+  return (cuda_kv_t){.data = kv->data, .dtype = kv->dtype, .n_blocks = kv->n_blocks, .n_layers = kv->n_layers,
+                     .n_kv_heads = kv->n_kv_heads, .block_size = kv->block_size, .head_dim = kv->head_dim};
+}
+
+static void cuda_op_rope_kv_write(backend_t *be, void *q, void *k, const void *v, be_kv_t *kv, int layer,
+                                  const be_batch_t *b, const be_rope_t *rope, int n_heads, int n_kv_heads) {
+  if (replaying(be)) return;
+  cuda_kv_t ck = kv_of(kv);
+  if (n_kv_heads != kv->n_kv_heads || rope->head_dim != kv->head_dim || kv->dtype != be->act_dtype) {
+    log_error("cuda backend: rope_kv_write with %d KV heads of %d for a cache of %d heads of %d", n_kv_heads,
+              rope->head_dim, kv->n_kv_heads, kv->head_dim);
+    note(be, STRATA_EINVAL);
+    return;
+  }
+  note(be, cuda_rope_kv_write(q, k, v, &ck, layer, b->positions, b->slots, b->n_tokens, n_heads, rope->style,
+                              rope->inv_freq, ctx_of(be)->stream));
+}
+
+static void cuda_op_attention(backend_t *be, void *out, const void *q, const be_kv_t *kv, int layer,
+                              const be_batch_t *b, int n_heads, int n_kv_heads, float scale) {
+  if (replaying(be)) return;
+  cuda_kv_t ck = kv_of(kv);
+  if (n_kv_heads != kv->n_kv_heads || kv->dtype != be->act_dtype) {
+    log_error("cuda backend: attention with %d KV heads for a cache of %d", n_kv_heads, kv->n_kv_heads);
+    note(be, STRATA_EINVAL);
+    return;
+  }
+  note(be, cuda_attention(out, q, &ck, layer, b->positions, b->seq_of, b->block_table, b->max_blocks, b->n_tokens,
+                          n_heads, scale, ctx_of(be)->stream));
+}
+
+static void cuda_op_silu_mul(backend_t *be, void *out, const void *gate, const void *up, int T, int F) {
+  if (replaying(be)) return;
+  note(be, cuda_silu_mul(out, gate, up, T, F, be->act_dtype, ctx_of(be)->stream));
+}
+
+static void cuda_op_gather_rows(backend_t *be, void *out, const void *x, const int32_t *rows, int n, int C) {
+  if (replaying(be)) return;
+  note(be, cuda_gather_rows(out, x, rows, n, C, be->act_dtype, ctx_of(be)->stream));
+}
+
+/* Only the logits cross to the host, as f32 (converted on the device first when activations are 16-bit). */
+static int cuda_to_host_f32(backend_t *be, float *host_out, const void *x, int64_t n) {
+  cuda_ctx_t *c = ctx_of(be);
+  if (n <= 0) return cuda_sync(be);
+  const void *src = x;
+  int rc = step_end(c);
+  if (rc) return rc;
+  if (be->act_dtype != DTYPE_F32) {
+    if ((size_t)n > c->f32_cap) {
+      if ((rc = cu_ok(cudaStreamSynchronize(c->stream), "logits buffer")) != 0) return rc;
+      cudaFree(c->f32_scratch);
+      c->f32_scratch = NULL;
+      c->f32_cap = 0;
+      if ((rc = cu_ok(cudaMalloc((void **)&c->f32_scratch, (size_t)n * 4), "logits buffer")) != 0) return rc;
+      c->f32_cap = (size_t)n;
+    }
+    if ((rc = cuda_convert(c->f32_scratch, DTYPE_F32, x, be->act_dtype, n, c->stream)) != 0) return rc;
+    src = c->f32_scratch;
+  }
+  rc = cu_ok(cudaMemcpyAsync(host_out, src, (size_t)n * 4, cudaMemcpyDeviceToHost, c->stream), "logits download");
+  int rs = cuda_sync(be);
+  return rc ? rc : rs;
+}
+
+static const be_ops_t cuda_ops = {
+    .name = "cuda",
+    .destroy = backend_cuda_destroy,
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .sync = cuda_sync,
+    .mem_info = cuda_mem_info,
+    .weight_prepare = cuda_weight_prepare,
+    .weight_release = cuda_weight_release,
+    .batch_upload = cuda_batch_upload,
+    .embed = cuda_op_embed,
+    .rmsnorm = cuda_op_rmsnorm,
+    .add_rmsnorm = cuda_op_add_rmsnorm,
+    .matmul = cuda_op_matmul,
+    .rope_kv_write = cuda_op_rope_kv_write,
+    .attention = cuda_op_attention,
+    .silu_mul = cuda_op_silu_mul,
+    .gather_rows = cuda_op_gather_rows,
+    .to_host_f32 = cuda_to_host_f32,
+};
+
+int backend_cuda_available(void) { return cuda_device_count() > 0; }
+
+int backend_cuda_create(backend_t **out, int device, int act_dtype) {
+  *out = NULL;
+  int n_dev = cuda_device_count();
+  if (n_dev <= 0) {
+    log_error("cuda backend: no CUDA device (no GPU or no driver); use --device cpu");
+    return STRATA_EUNSUPPORTED;
+  }
+  if (device < 0 || device >= n_dev) {
+    log_error("cuda backend: device cuda:%d does not exist (%d device%s present)", device, n_dev, n_dev == 1 ? "" : "s");
+    return STRATA_EINVAL;
+  }
+  if (act_dtype == -1) act_dtype = DTYPE_BF16;
+  if (act_dtype != DTYPE_F32 && act_dtype != DTYPE_BF16 && act_dtype != DTYPE_F16) {
+    log_error("cuda backend: activation dtype %s is not supported (f32, bf16 or f16)", dtype_name((dtype_t)act_dtype));
+    return STRATA_EUNSUPPORTED;
+  }
+  backend_t *be = calloc(1, sizeof *be);
+  cuda_ctx_t *c = calloc(1, sizeof *c);
+  int rc = STRATA_ENOMEM;
+  if (!be || !c) {
+    log_error("cuda backend: out of host memory");
+    free(be);
+    free(c);
+    return rc;
+  }
+  be->ops = &cuda_ops;
+  be->ctx = c;
+  be->act_dtype = (dtype_t)act_dtype;
+  be->n_threads = 1;
+  snprintf(be->device, sizeof be->device, "cuda:%d", device);
+  c->device = device;
+  /* measured on H100 (docs/gpu.md): our GEMV wins at T <= 2, cuBLASLt from there on */
+  /* decode steps as CUDA graphs: off unless STRATA_CUDA_GRAPHS=1 (measured +3% at batch 1 on H100, while each
+   * new step shape costs a capture; see docs/gpu.md) */
+  const char *ge = getenv("STRATA_CUDA_GRAPHS");
+  c->graphs_on = ge && strcmp(ge, "1") == 0;
+  const char *gm = getenv("STRATA_CUDA_GEMV_MAX_T");
+  c->gemv_max_t = gm ? atoi(gm) : 2;
+  if (c->gemv_max_t < 0 || c->gemv_max_t > CUDA_GEMV_MAX_T) c->gemv_max_t = 2;
+  rc = STRATA_EIO;
+  if (cu_ok(cudaSetDevice(device), "cudaSetDevice") ||
+      cu_ok(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "stream") ||
+      cu_ok(cudaEventCreateWithFlags(&c->batch_copied, cudaEventDisableTiming), "event") ||
+      cu_ok(cudaMalloc(&c->workspace, GEMM_WORKSPACE), "cuBLASLt workspace"))
+    goto fail;
+  if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS) {
+    log_error("cuda backend: cublasLtCreate failed on %s", be->device);
+    goto fail;
+  }
+  struct cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, device) == cudaSuccess)
+    log_info("cuda backend: %s (%s, %d SMs, %.1f GiB), %s activations", be->device, prop.name,
+             prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, dtype_name(be->act_dtype));
+  *out = be;
+  return 0;
+fail:
+  backend_cuda_destroy(be);
+  return rc;
+}
+
+void backend_cuda_destroy(backend_t *be) {
+  if (!be) return;
+  cuda_ctx_t *c = be->ctx;
+  if (c) {
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    graphs_clear(c);
+    for (int i = 0; i < GEMM_CACHE; i++) plan_destroy(&c->plans[i]);
+    if (c->lt) cublasLtDestroy(c->lt);
+    cudaFree(c->workspace);
+    cudaFreeHost(c->batch_host);
+    cudaFree(c->batch_dev);
+    cudaFree(c->f32_scratch);
+    for (int i = 0; i < 2; i++) {
+      cudaFreeHost(c->stage_host[i]);
+      cudaFree(c->stage_dev[i]);
+      if (c->stage_free[i]) cudaEventDestroy(c->stage_free[i]);
+    }
+    if (c->batch_copied) cudaEventDestroy(c->batch_copied);
+    if (c->stream) cudaStreamDestroy(c->stream);
+  }
+  free(c);
+  free(be);
+}
