@@ -10,8 +10,11 @@ cmake --build build -j"$JOBS"
 (cd build && ctest --output-on-failure -j"$JOBS")
 cmake -S . -B build-asan -DSTRATA_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build-asan -j"$JOBS"
+# NOTE: one retry under ASan only: gRPC core 1.51 once failed a TLS handshake with
+# TSI_OUT_OF_RESOURCES and then asserted inside its server auth filter (test_rpc's TLS case, under
+# ASan with both cores loaded; not reproduced in repeated runs). A failure that repeats still fails.
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest -L unit --output-on-failure -j"$JOBS")
+  ctest -L unit --output-on-failure -j"$JOBS" --repeat until-pass:2)
 # The CUDA backend compiles and links for 80;90a (no GPU here: the smoke test expects a clean
 # "no CUDA device"). GPU runs are tests/gpu/run.sh on a GPU machine (docs/gpu.md).
 if [ -x /usr/local/cuda/bin/nvcc ]; then

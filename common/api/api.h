@@ -145,6 +145,15 @@ enum {
  * text is accumulated for api_session_final_json. Events for a choice already done are ignored. */
 int api_session_on_event(api_session_t *s, int choice, const api_event_t *ev, char **out, size_t *out_len,
                          size_t *out_cap);
+/* api_session_on_event_text: like api_session_on_event, for protocols that frame text themselves
+ * (gRPC): no SSE and no accumulation. *TEXT / *N get choice C's new text (UTF-8 complete, stop
+ * strings applied; valid until the next call on S, "" when none), *FINISH the finish reason when
+ * this event ended the choice (else API_FINISH_NONE). Returns the same flags, or a negative error. */
+int api_session_on_event_text(api_session_t *s, int c, const api_event_t *ev, const char **text, size_t *n,
+                              api_finish_t *finish);
+/* api_session_token_text: token ID's text as valid UTF-8 (a partial character's bytes as U+FFFD) in
+ * BUF (CAP bytes, NUL-terminated, cut to fit); returns its length. Unknown ids give "". */
+size_t api_session_token_text(const api_session_t *s, int32_t id, char *buf, size_t cap);
 /* api_session_done: 1 when every choice is done. */
 int api_session_done(const api_session_t *s);
 /* api_session_stream_head: SSE text to send before any token (chat: each choice's role delta;

@@ -290,41 +290,84 @@ static int emit(api_session_t *s, int c, const char *text, size_t n, const api_e
 
 static api_finish_t finish_of(const api_event_t *ev) { return ev->finish ? ev->finish : API_FINISH_STOP; }
 
-int api_session_on_event(api_session_t *s, int c, const api_event_t *ev, char **out, size_t *len, size_t *cap) {
-  if (c < 0 || c >= s->r->n_choices) return STRATA_EINVAL;
+/* advance: runs EV through choice C's detokenizer and stop matcher. The text released for the client
+ * is left in s->tmp2 (*N bytes); *FINISH is set when this event ends the choice; *FLAGS gets
+ * API_EV_ABORT when a stop string matched. */
+static int advance(api_session_t *s, int c, const api_event_t *ev, size_t *n, api_finish_t *finish, int *flags) {
   choice_t *ch = &s->ch[c];
-  if (ch->done) return API_EV_CHOICE_DONE;
-  int rc, flags = 0;
+  int rc;
   size_t n1 = 0, n2 = 0;
-  api_finish_t finish = API_FINISH_NONE;
+  *finish = API_FINISH_NONE;
   if (ev->has_token) {
     ch->n_generated = ev->n_generated > ch->n_generated ? ev->n_generated : ch->n_generated + 1;
     if ((rc = detok_push(&ch->dt, ev->token, &s->tmp, &n1, &s->tmp_cap))) return rc;
     int stopped = stop_push(&ch->sm, s->tmp ? s->tmp : "", n1, &s->tmp2, &n2, &s->tmp2_cap);
     if (stopped < 0) return stopped;
     if (stopped) {
-      finish = API_FINISH_STOP;
-      flags |= API_EV_ABORT;
+      *finish = API_FINISH_STOP;
+      *flags |= API_EV_ABORT;
     }
   }
-  if (!finish && ev->finished) {
+  if (!*finish && ev->finished) {
     /* the end: release what the detokenizer and the stop matcher still hold */
-    finish = finish_of(ev);
+    *finish = finish_of(ev);
     n1 = 0;
     if ((rc = detok_flush(&ch->dt, &s->tmp, &n1, &s->tmp_cap))) return rc;
     int stopped = stop_push(&ch->sm, s->tmp ? s->tmp : "", n1, &s->tmp2, &n2, &s->tmp2_cap);
     if (stopped < 0) return stopped;
     if (!stopped && (rc = stop_flush(&ch->sm, &s->tmp2, &n2, &s->tmp2_cap))) return rc;
-    if (stopped) finish = API_FINISH_STOP;
+    if (stopped) *finish = API_FINISH_STOP;
   }
+  *n = n2;
+  return 0;
+}
+
+/* mark_done: choice C ended with FINISH (when set); returns FLAGS plus API_EV_CHOICE_DONE then. */
+static int mark_done(api_session_t *s, int c, api_finish_t finish, int flags) {
+  if (!finish) return flags;
+  s->ch[c].done = 1;
+  s->ch[c].finish = finish;
+  s->n_done++;
+  return flags | API_EV_CHOICE_DONE;
+}
+
+int api_session_on_event(api_session_t *s, int c, const api_event_t *ev, char **out, size_t *len, size_t *cap) {
+  if (c < 0 || c >= s->r->n_choices) return STRATA_EINVAL;
+  if (s->ch[c].done) return API_EV_CHOICE_DONE;
+  int rc, flags = 0;
+  size_t n2 = 0;
+  api_finish_t finish;
+  if ((rc = advance(s, c, ev, &n2, &finish, &flags))) return rc;
   if ((rc = emit(s, c, s->tmp2 ? s->tmp2 : "", n2, ev->has_token ? ev : NULL, finish, out, len, cap))) return rc;
-  if (finish) {
-    ch->done = 1;
-    ch->finish = finish;
-    s->n_done++;
-    flags |= API_EV_CHOICE_DONE;
+  return mark_done(s, c, finish, flags);
+}
+
+int api_session_on_event_text(api_session_t *s, int c, const api_event_t *ev, const char **text, size_t *n,
+                              api_finish_t *finish) {
+  *text = "";
+  *n = 0;
+  *finish = API_FINISH_NONE;
+  if (c < 0 || c >= s->r->n_choices) return STRATA_EINVAL;
+  if (s->ch[c].done) return API_EV_CHOICE_DONE;
+  int rc, flags = 0;
+  size_t n2 = 0;
+  if ((rc = advance(s, c, ev, &n2, finish, &flags))) return rc;
+  *text = n2 && s->tmp2 ? s->tmp2 : "";
+  *n = n2;
+  s->ch[c].offset += n2;
+  return mark_done(s, c, *finish, flags);
+}
+
+size_t api_session_token_text(const api_session_t *s, int32_t id, char *buf, size_t cap) {
+  const char *raw;
+  size_t raw_len;
+  if (!cap) return 0;
+  if (id < 0 || id >= tok_vocab_size(s->ctx->tok)) {
+    buf[0] = '\0';
+    return 0;
   }
-  return flags;
+  token_text(s, id, buf, cap, &raw, &raw_len);
+  return strlen(buf);
 }
 
 char *api_session_final_json(api_session_t *s) {

@@ -150,6 +150,12 @@ typedef struct {
   void *arg;
 } rpc_method_t;
 
+/* rpc_server_call_metadata: the client's metadata KEY (lower case) on CALL, copied NUL-terminated
+ * into BUF (CAP bytes). Returns its length, STRATA_ENOTFOUND, or STRATA_ERANGE. Valid from the stream
+ * handler until rpc_server_call_finish(). */
+int rpc_server_call_metadata(rpc_server_call_t *call, const char *key, char *buf, size_t cap);
+#define RPC_HAVE_CALL_METADATA 1
+
 /* rpc_server_call_send: queue one message on a server stream. Returns 0, STRATA_ECLOSED when the
  * call has ended (stop producing), STRATA_ENOMEM. Thread-safe. */
 int rpc_server_call_send(rpc_server_call_t *call, const ProtobufCMessage *msg);

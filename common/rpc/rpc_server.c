@@ -373,9 +373,11 @@ int rpc_server_new(const rpc_server_opts_t *opts, const rpc_method_t *methods, s
   srv->op_shutdown.done = rpc_server_shutdown_done;
   grpc_server_credentials *creds = rpc_server_creds(opts);
   if (!creds) goto fail;
-  char k_recv[] = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-  grpc_arg arg = {.type = GRPC_ARG_INTEGER, .key = k_recv, .value.integer = opts->max_recv_bytes};
-  grpc_channel_args args = {.num_args = opts->max_recv_bytes > 0 ? 1 : 0, .args = &arg};
+  /* NOTE: SO_REUSEPORT off: two servers on one port would silently split the connections. */
+  char k_recv[] = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, k_reuse[] = GRPC_ARG_ALLOW_REUSEPORT;
+  grpc_arg argv[2] = {{.type = GRPC_ARG_INTEGER, .key = k_reuse, .value.integer = 0},
+                      {.type = GRPC_ARG_INTEGER, .key = k_recv, .value.integer = opts->max_recv_bytes}};
+  grpc_channel_args args = {.num_args = opts->max_recv_bytes > 0 ? 2 : 1, .args = argv};
   srv->server = grpc_server_create(&args, NULL);
   if ((rc = rpc_loop_new(NULL, NULL, 0, &srv->loop)) < 0) goto fail_creds;
   grpc_server_register_completion_queue(srv->server, rpc_loop_cq(srv->loop), NULL);
@@ -426,4 +428,16 @@ void rpc_server_free(rpc_server_t *srv) {
   pthread_cond_destroy(&srv->cv);
   pthread_mutex_destroy(&srv->mu);
   free(srv);
+}
+
+int rpc_server_call_metadata(rpc_server_call_t *c, const char *key, char *buf, size_t cap) {
+  for (size_t i = 0; i < c->md.count; i++) {
+    if (grpc_slice_str_cmp(c->md.metadata[i].key, key) != 0) continue;
+    size_t n = GRPC_SLICE_LENGTH(c->md.metadata[i].value);
+    if (n + 1 > cap) return STRATA_ERANGE;
+    memcpy(buf, GRPC_SLICE_START_PTR(c->md.metadata[i].value), n);
+    buf[n] = '\0';
+    return (int)n;
+  }
+  return STRATA_ENOTFOUND;
 }

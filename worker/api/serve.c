@@ -17,7 +17,7 @@ static const cfg_option_t g_options[] = {
     CFG_STRING("host", serve_conf_t, host, "127.0.0.1", 0, "Address to listen on (0.0.0.0 for all)"),
     CFG_INT("port", serve_conf_t, port, "8000", 0, 65535, 0, "HTTP port (0 picks a free one)"),
     CFG_INT("grpc-port", serve_conf_t, grpc_port, "50051", 0, 65535, 0,
-            "gRPC port (accepted; single-node serve does not start gRPC yet; 0 disables)"),
+            "gRPC port of the strata.v1.Inference API (0 disables gRPC)"),
     CFG_STRING("served-model-name", serve_conf_t, served_model_name, NULL, 0,
                "Model name clients use (default: the model's file or directory name)"),
     CFG_LIST("api-key", serve_conf_t, api_keys, NULL, CFG_SECRET,
@@ -185,8 +185,8 @@ int serve_run(const serve_conf_t *conf) {
   ev_async_start(s->loop, &s->wake);
   if ((rc = metrics_registry_new(&s->reg)) || (rc = serve_metrics_init(s))) goto fail;
   if ((rc = load_model(s, &m))) goto fail;
-  if (conf->grpc_port) log_info("serve: --grpc-port %d noted; the gRPC API is not served by this build", conf->grpc_port);
   if ((rc = start_http(s))) goto fail;
+  if (conf->grpc_port && (rc = serve_grpc_start(s))) goto fail;
   ev_signal_init(&s->sigint, on_signal, SIGINT);
   ev_signal_init(&s->sigterm, on_signal, SIGTERM);
   ev_signal_start(s->loop, &s->sigint);
@@ -194,6 +194,7 @@ int serve_run(const serve_conf_t *conf) {
   ev_run(s->loop, 0);
   rc = 0;
 fail:
+  serve_grpc_stop(s); /* before the engine: it aborts the calls' engine requests */
   http_server_free(s->http); /* close callbacks abort what is in flight */
   engine_loop_stop(s->engine);
   if (s->loop) {

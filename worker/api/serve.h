@@ -13,7 +13,7 @@ typedef struct {
   char *model;              /* HF directory, .gguf file or dummy:<preset> (required) */
   char *host;
   int port;
-  int grpc_port;            /* accepted; the gRPC server is not part of single-node serve yet */
+  int grpc_port;            /* strata.v1.Inference (serve_grpc.c); 0 disables it */
   char *served_model_name;  /* default: the model's short name */
   cfg_strlist_t api_keys;   /* clients must send one as a Bearer token when any is set */
   char *tls_cert, *tls_key;

@@ -190,7 +190,10 @@ void serve_on_wake(struct ev_loop *loop, ev_async *w, int revents) {
       uint64_t seq = evs[i].out.id >> SERVE_CHOICE_BITS;
       int c = (int)(evs[i].out.id & (SERVE_MAX_CHOICES - 1));
       serve_req_t *r = serve_map_get(s, seq);
-      if (r && c < r->areq.n_choices) on_event(r, c, &evs[i], now); /* else: aborted earlier */
+      if (r && c < r->areq.n_choices) { /* else: aborted earlier */
+        if (r->grpc) serve_grpc_on_event(r, c, &evs[i], now);
+        else on_event(r, c, &evs[i], now);
+      }
     }
   }
 }

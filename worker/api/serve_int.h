@@ -18,6 +18,8 @@
 #define SERVE_MAP_BUCKETS 4096
 
 typedef struct serve serve_t;
+typedef struct serve_grpc serve_grpc_t;            /* serve_grpc.c */
+struct serve_grpc_gen;
 
 /* One generation request in flight (owner: the loop thread). */
 typedef struct serve_req {
@@ -33,6 +35,7 @@ typedef struct serve_req {
   unsigned char *done;   /* (n_choices) */
   double t_start_s;
   double *t_last_s;      /* (n_choices) time of the last token, 0 before the first */
+  struct serve_grpc_gen *grpc; /* a gRPC Generate call (then http is NULL), or NULL for HTTP */
   struct serve_req *map_next;
 } serve_req_t;
 
@@ -61,6 +64,7 @@ struct serve {
   serve_req_t *map[SERVE_MAP_BUCKETS]; /* seq -> request, chained through map_next */
   metrics_registry_t *reg;
   serve_metrics_t m;
+  serve_grpc_t *grpc;    /* the gRPC server, or NULL when --grpc-port is 0 */
 };
 
 /* serve_http.c */
@@ -68,6 +72,15 @@ struct serve {
 void serve_backend_init(serve_t *s);
 void serve_on_request(http_request_t *req, void *data);
 void serve_on_wake(struct ev_loop *loop, ev_async *w, int revents);
+/* serve_grpc.c */
+/* serve_grpc_start: serves strata.v1.Inference on --host:--grpc-port (TLS with --tls-cert/--tls-key)
+ * and prints "strata serve: grpc HOST:PORT". Returns 0 or a STRATA_E* code (logged). */
+int serve_grpc_start(serve_t *s);
+/* serve_grpc_stop: ends every gRPC call (their engine requests aborted) and stops the server. Loop
+ * thread; safe when never started. */
+void serve_grpc_stop(serve_t *s);
+/* serve_grpc_on_event: one engine event for gRPC request R (R->grpc set), choice C. */
+void serve_grpc_on_event(serve_req_t *r, int c, const engine_event_t *ev, double now);
 /* serve_metrics.c */
 int serve_metrics_init(serve_t *s);
 /* serve_metrics_render: refreshes the engine gauges and renders the registry (malloc'd). */
