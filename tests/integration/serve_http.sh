@@ -18,7 +18,7 @@ jqget() { python3 -c "import sys,json; d=json.load(sys.stdin); print(eval('d'+sy
 # start NAME ARGS...: starts `strata serve --port 0 ARGS` and sets PORT (the port it printed)
 start() {
   local name=$1; shift
-  "$STRATA" serve --port 0 "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
+  "$STRATA" serve --port 0 --grpc-port 0 "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
   PIDS+=($!)
   PORT=""
   for _ in $(seq 1 100); do

@@ -13,7 +13,7 @@ if [ ! -d "$NODE_DIR/node_modules/openai" ]; then
   (cd "$NODE_DIR" && npm ci --no-audit --no-fund >/dev/null) || { echo "serve_node: npm ci failed"; exit 1; }
 fi
 TMP=$(mktemp -d /tmp/strata_serve_node.XXXXXX)
-"$STRATA" serve --model "$STORIES" --port 0 --api-key node-test-key >"$TMP/out" 2>"$TMP/err" &
+"$STRATA" serve --model "$STORIES" --port 0 --grpc-port 0 --api-key node-test-key >"$TMP/out" 2>"$TMP/err" &
 SPID=$!
 trap 'kill $SPID 2>/dev/null; wait $SPID 2>/dev/null; rm -rf "$TMP"' EXIT
 PORT=""
