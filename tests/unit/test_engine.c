@@ -264,6 +264,54 @@ static void test_abort_and_errors(void **state) {
   engine_free(e);
 }
 
+/* Migration: a request resubmitted as prompt + its first 15 generated tokens (engine_add_ex) continues
+ * with exactly the tokens the undisturbed run produced, penalties and seeded sampling included. */
+static void test_migration_continues(void **state) {
+  (void)state;
+  engine_cfg_t c;
+  cfg_for_test(&c);
+  sampling_params_t sp;
+  sampling_params_default(&sp);
+  sp.max_tokens = 40;
+  sp.temperature = 0.8f;
+  sp.seed = 99;
+  sp.presence_penalty = 0.7f;
+  sp.frequency_penalty = 0.4f;
+  sp.repetition_penalty = 1.2f;
+  sp.ignore_eos = 1;
+  int which = 3;
+  gen_t whole;
+  run(g_gguf, &c, &which, 1, &sp, &whole, NULL);
+  assert_int_equal(whole.n, 40);
+  int32_t *ids, toks[600];
+  int n_ids;
+  encode(g_prompts[which], &ids, &n_ids);
+  memcpy(toks, ids, sizeof(int32_t) * (size_t)n_ids);
+  memcpy(toks + n_ids, whole.ids, sizeof(int32_t) * 15);
+  free(ids);
+  engine_t *e;
+  assert_int_equal(engine_create(&e, g_gguf, &c), 0);
+  sampling_params_t rest = sp;
+  rest.seed = sp.seed + (uint64_t)which; /* run() offsets the seed by the prompt index */
+  rest.max_tokens = 40 - 15;
+  char err[256];
+  assert_int_equal(engine_add_ex(e, 7, toks, n_ids + 15, 15, &rest, err, sizeof err), 0);
+  int n = 15;
+  while (engine_has_work(e)) {
+    const engine_out_t *outs;
+    int n_outs;
+    assert_int_equal(engine_step(e, &outs, &n_outs), 0);
+    for (int i = 0; i < n_outs; i++)
+      if (outs[i].has_token) {
+        assert_true(n < 40);
+        assert_int_equal(outs[i].token, whole.ids[n]);
+        n++;
+      }
+  }
+  assert_int_equal(n, 40);
+  engine_free(e);
+}
+
 /* A dummy model runs through the same engine. */
 static void test_dummy_model(void **state) {
   (void)state;
@@ -298,6 +346,7 @@ int main(void) {
       cmocka_unit_test(test_greedy_invariance),
       cmocka_unit_test(test_seeded_sampling_invariance),
       cmocka_unit_test(test_abort_and_errors),
+      cmocka_unit_test(test_migration_continues),
       cmocka_unit_test(test_dummy_model),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

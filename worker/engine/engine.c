@@ -156,6 +156,11 @@ static int push_pending(engine_t *e, const req_t *r, finish_reason_t why) {
 
 int engine_add(engine_t *e, uint64_t id, const int32_t *prompt, int n_prompt, const sampling_params_t *sp,
                char *err, int err_len) {
+  return engine_add_ex(e, id, prompt, n_prompt, 0, sp, err, err_len);
+}
+
+int engine_add_ex(engine_t *e, uint64_t id, const int32_t *prompt, int n_prompt, int n_prior,
+                  const sampling_params_t *sp, char *err, int err_len) {
   const model_cfg_t *mc = &e->m->cfg;
   if (n_prompt < 1) {
     snprintf(err, (size_t)err_len, "the prompt is empty");
@@ -192,6 +197,11 @@ int engine_add(engine_t *e, uint64_t id, const int32_t *prompt, int n_prompt, co
   if (rc) {
     free(r);
     return rc;
+  }
+  if (n_prior > 0 && n_prior < n_prompt) { /* migration: the tail is output, budgets count it */
+    r->n_prompt = n_prompt - n_prior;
+    r->sp.max_tokens += n_prior;
+    r->sp.min_tokens += r->sp.min_tokens > 0 ? n_prior : 0;
   }
   r->n_eos = mc->n_eos < REQ_MAX_EOS ? mc->n_eos : REQ_MAX_EOS;
   memcpy(r->eos_ids, mc->eos_ids, sizeof(int32_t) * (size_t)r->n_eos);

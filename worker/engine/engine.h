@@ -65,6 +65,13 @@ void engine_free(engine_t *e);
 int engine_add(engine_t *e, uint64_t id, const int32_t *prompt, int n_prompt, const sampling_params_t *sp,
                char *err, int err_len);
 
+/* engine_add_ex: engine_add for a migrated request: TOKENS (N_TOKENS) is the prompt followed by N_PRIOR
+ * tokens generated elsewhere, and SP's max_tokens and min_tokens are what is LEFT of the budgets. The
+ * N_PRIOR tokens are recomputed like a prompt but count as output for penalties and budgets, and the
+ * seeded draws continue identically (the generator is keyed by absolute position). */
+int engine_add_ex(engine_t *e, uint64_t id, const int32_t *tokens, int n_tokens, int n_prior,
+                  const sampling_params_t *sp, char *err, int err_len);
+
 /* engine_abort: cancels request ID (its blocks are freed now); an engine_out_t with finished and
  * FINISH_ABORT is reported by the next engine_step. Returns STRATA_ENOTFOUND if unknown. */
 int engine_abort(engine_t *e, uint64_t id);

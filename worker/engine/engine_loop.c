@@ -13,6 +13,7 @@ typedef struct cmd {
   struct cmd *next;
   int is_abort;
   uint64_t id;
+  int n_prior;
   sampling_params_t sp;
   int n_prompt;
   int32_t prompt[]; /* (n_prompt) */
@@ -58,7 +59,7 @@ static void take_inbox(engine_loop_t *l, cmd_t *c) {
       engine_abort(l->e, c->id);
     } else {
       engine_event_t ev = {0};
-      int rc = engine_add(l->e, c->id, c->prompt, c->n_prompt, &c->sp, ev.error, sizeof ev.error);
+      int rc = engine_add_ex(l->e, c->id, c->prompt, c->n_prompt, c->n_prior, &c->sp, ev.error, sizeof ev.error);
       if (rc) {
         ev.rejected = 1;
         ev.out = (engine_out_t){.id = c->id, .finished = 1, .finish = FINISH_ERROR, .n_prompt = c->n_prompt};
@@ -166,6 +167,11 @@ static void enqueue(engine_loop_t *l, cmd_t *c) {
 
 int engine_loop_submit(engine_loop_t *l, uint64_t id, const int32_t *prompt, int n_prompt,
                        const sampling_params_t *sp) {
+  return engine_loop_submit_ex(l, id, prompt, n_prompt, 0, sp);
+}
+
+int engine_loop_submit_ex(engine_loop_t *l, uint64_t id, const int32_t *prompt, int n_prompt, int n_prior,
+                          const sampling_params_t *sp) {
   if (n_prompt < 0) return STRATA_EINVAL;
   cmd_t *c = malloc(sizeof *c + sizeof(int32_t) * (size_t)n_prompt);
   if (!c) return STRATA_ENOMEM;
@@ -173,6 +179,7 @@ int engine_loop_submit(engine_loop_t *l, uint64_t id, const int32_t *prompt, int
   c->is_abort = 0;
   c->id = id;
   c->sp = *sp;
+  c->n_prior = n_prior;
   c->n_prompt = n_prompt;
   if (n_prompt) memcpy(c->prompt, prompt, sizeof(int32_t) * (size_t)n_prompt);
   enqueue(l, c);

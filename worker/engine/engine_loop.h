@@ -30,6 +30,9 @@ void engine_loop_stop(engine_loop_t *l);
 /* engine_loop_submit: queues a request (PROMPT copied). Thread-safe. Refusals come back as events. */
 int engine_loop_submit(engine_loop_t *l, uint64_t id, const int32_t *prompt, int n_prompt,
                        const sampling_params_t *sp);
+/* engine_loop_submit_ex: engine_loop_submit of a migrated request (see engine_add_ex). */
+int engine_loop_submit_ex(engine_loop_t *l, uint64_t id, const int32_t *tokens, int n_tokens, int n_prior,
+                          const sampling_params_t *sp);
 /* engine_loop_abort: asks to cancel request ID (its blocks are freed on the engine thread; an ABORT
  * finish event follows). Thread-safe; unknown ids are ignored. */
 void engine_loop_abort(engine_loop_t *l, uint64_t id);

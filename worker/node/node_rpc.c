@@ -157,7 +157,7 @@ static void on_generate(void *arg, const ProtobufCMessage *msg, rpc_server_call_
     return;
   }
   /* Submitting outside the lock: a refusal comes back as an event like any other outcome. */
-  int rc = engine_loop_submit(n->engine, g->eid, ids, (int)n_total, &sp);
+  int rc = engine_loop_submit_ex(n->engine, g->eid, ids, (int)n_total, g->n_prior, &sp);
   free(ids);
   if (rc) {
     pthread_mutex_lock(&n->mu);
