@@ -15,6 +15,9 @@ static const struct {
     {"tokenize", cmd_tokenize, "print the token ids of a text"},
 #ifdef STRATA_HAVE_SERVE
     {"serve", cmd_serve, "serve the OpenAI-compatible HTTP API with a local engine"},
+    {"cluster", cmd_cluster, "start or stop a local cluster (etcd, coordinator, workers)"},
+    {"workers", cmd_workers, "list the cluster's workers (from the coordinator)"},
+    {"policy", cmd_policy, "get or set a pool's autoscaling policy; cluster status"},
 #endif
 };
 

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# cluster_migrate.sh: 32 streaming requests through the coordinator; one of the two workers is
+# killed with SIGKILL in the middle: every client stream still completes, with text identical to an
+# undisturbed run (the coordinator re-sends prompt + tokens so far to the surviving worker).
+set -uo pipefail
+MODELS=${STRATA_MODELS_DIR:-$(dirname "$0")/../../../shared/models}
+B=${STRATA_BUILD_DIR:-build}
+STRATA=$(realpath "$B/cli/strata")
+STORIES=$(realpath "$MODELS/stories260K/stories260K.gguf")
+NAME=stories260K.gguf
+N=32
+MAX_TOKENS=${CLUSTER_MIGRATE_TOKENS:-512}
+TMP=$(mktemp -d /tmp/strata_cluster_migrate.XXXXXX)
+D=$TMP/cluster
+trap '"$STRATA" cluster down --dir "$D" >/dev/null 2>&1; rm -rf "$TMP"' EXIT
+fail() { echo "cluster_migrate: FAIL: $*"; for f in "$D"/*.log; do echo "== $f"; tail -n 20 "$f"; done; exit 1; }
+
+"$STRATA" cluster up --workers 2 --model "$STORIES" --dir "$D" --worker-args "--threads 1 --num-kv-blocks 2048" \
+  >"$TMP/up.out" 2>&1 || { cat "$TMP/up.out"; fail "cluster up"; }
+URL=http://$(cat "$D/coordinator.http")
+
+body() { # body I STREAM
+  printf '{"model":"%s","prompt":"Once upon a time, child %d","max_tokens":%d,"temperature":0,"ignore_eos":true,"stream":%s}' \
+    "$NAME" "$1" "$MAX_TOKENS" "$2"
+}
+# SSE -> text: the concatenated deltas; fails loudly on an error event or a missing [DONE]
+sse_text() {
+  python3 - "$1" <<'PY'
+import json, sys
+text, done = [], False
+for line in open(sys.argv[1], encoding="utf-8"):
+    line = line.strip()
+    if not line.startswith("data: "): continue
+    data = line[6:]
+    if data == "[DONE]": done = True; continue
+    ev = json.loads(data)
+    if "error" in ev: sys.exit("error event: " + data)
+    for ch in ev["choices"]:
+        text.append(ch.get("text") or "")
+        if ch.get("finish_reason") not in (None, "length"): sys.exit("finish_reason " + str(ch["finish_reason"]))
+if not done: sys.exit("no [DONE]")
+sys.stdout.write("".join(text))
+PY
+}
+
+wait_all() { for _ in $(seq 1 600); do jobs -r | grep -q . || return 0; sleep 0.1; done; return 1; }
+# the undisturbed run (whole responses, all at once: the kernels are batch-invariant)
+for i in $(seq 1 $N); do curl -s "$URL/v1/completions" -d "$(body "$i" false)" >"$TMP/want.$i.json" & done
+wait_all || fail "the undisturbed run did not finish in 60 s"
+for i in $(seq 1 $N); do
+  python3 -c 'import json,sys; sys.stdout.write(json.load(open(sys.argv[1]))["choices"][0]["text"])' "$TMP/want.$i.json" \
+    >"$TMP/want.$i" || fail "reference request $i: $(head -c 300 "$TMP/want.$i.json")"
+done
+
+# the disturbed run: 32 streams at once, then SIGKILL a worker once every stream has begun
+for i in $(seq 1 $N); do curl -sN "$URL/v1/completions" -d "$(body "$i" true)" >"$TMP/got.$i" 2>/dev/null & done
+for _ in $(seq 1 500); do
+  begun=$(grep -l '"text":"[^"]' "$TMP"/got.* 2>/dev/null | wc -l)
+  [ "$begun" -eq "$N" ] && break
+  sleep 0.01
+done
+# the victim: the worker running the most requests now (the coordinator's view of its Events stream)
+VICTIM=$(curl -s "$URL/metrics" | awk -F'[{}"= ]+' '/^strata:worker_running\{/ && $NF > max {max = $NF; v = $3} END {print v}')
+[ -n "$VICTIM" ] || VICTIM=worker-0
+kill -9 "$(cat "$D/$VICTIM.pid")" && rm -f "$D/$VICTIM.pid"
+echo "cluster_migrate: killed $VICTIM with $begun/$N streams begun"
+wait_all || fail "client streams did not finish in 60 s"
+for i in $(seq 1 $N); do
+  got=$(sse_text "$TMP/got.$i") || fail "stream $i: $got"
+  [ "$got" == "$(cat "$TMP/want.$i")" ] || fail "stream $i differs from the undisturbed run"
+done
+MIG=$(curl -s "$URL/metrics" | awk '$1=="strata:migrations_total{outcome=\"migrated\"}" {print $2}')
+[ -n "$MIG" ] && [ "${MIG%.*}" -ge 1 ] || fail "no migration was counted (strata:migrations_total: '$MIG')"
+echo "cluster_migrate: $N streams identical to the undisturbed run; $MIG choices migrated off $VICTIM"
+echo "cluster_migrate: PASS"
