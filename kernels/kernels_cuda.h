@@ -60,12 +60,33 @@ int cuda_add_bias(void *out, const float *bias, int T, int N, dtype_t act, cudaS
 int cuda_rope_kv_write(void *q, void *k, const void *v, cuda_kv_t *kv, int layer, const int32_t *positions,
                        const int32_t *slots, int T, int H, int style, const float *inv_freq, cudaStream_t stream);
 
+/* Scratch and choices of cuda_attention, owned by the caller (the backend allocates PART once: no
+ * allocation happens inside a step, so a step can be captured as a CUDA graph). */
+typedef enum {
+  CUDA_ATT_AUTO = 0, /* tensor-core tiles for prefill-heavy 16-bit batches; else split-KV below as many
+                        (token, KV head) pairs as SMs, the first version's kernel from there on */
+  CUDA_ATT_V1,       /* the first version's kernel (one block per token and KV head) for every batch */
+  CUDA_ATT_NO_TC,    /* the split-KV kernel for every batch (tests it on prefill too) */
+} cuda_att_impl_t;
+typedef struct {
+  float *part;       /* device scratch for the partial results of split-KV, PART_BYTES long (may be NULL) */
+  size_t part_bytes;
+  int n_sms;         /* multiprocessors of the device (sizes the split) */
+  cuda_att_impl_t impl;
+} cuda_att_work_t;
+
 /* As kern_attention: out(T,H*D), query t of sequence seq_of[t] over its positions 0..positions[t] through
  * block_table(S, max_blocks), GQA, online softmax in f32. A query whose block table holds a block
- * outside the cache gets a zero row. D <= 256. */
+ * outside the cache gets a zero row. D <= 256, H / Hkv <= 8. S (the number of sequences) only picks the
+ * kernel: prefill-heavy (T >= 4 S) bf16/f16 batches with D % 16 == 0 use tensor cores (tiles of 64 query
+ * rows of one head, f32 accumulation, probabilities rounded to ACT before the product with V); other
+ * batches of fewer (token, KV head) pairs than SMs split each query's KV range over several blocks
+ * (partials in WORK->part, merged by a second kernel); larger ones use one block per pair. WORK may be
+ * NULL (no split, AUTO). The launch configuration depends only on (T, S, max_blocks) and the model, so
+ * a captured step replays correctly. */
 int cuda_attention(void *out, const void *q, const cuda_kv_t *kv, int layer, const int32_t *positions,
-                   const int32_t *seq_of, const int32_t *block_table, int max_blocks, int T, int H, float scale,
-                   cudaStream_t stream);
+                   const int32_t *seq_of, const int32_t *block_table, int max_blocks, int T, int S, int H,
+                   float scale, const cuda_att_work_t *work, cudaStream_t stream);
 
 /* out(T,F) = silu(gate) * up. OUT may equal GATE or UP. */
 int cuda_silu_mul(void *out, const void *gate, const void *up, int T, int F, dtype_t act, cudaStream_t stream);

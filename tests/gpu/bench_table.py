@@ -27,6 +27,7 @@ for r in rows:
         tps, b = r.get("decode_tok_s", 0), r.get("batch", 1)
         gbs = 2 * params * tps / b / 1e9
         extra = f" ({100 * gbs / copy_gbs:.0f}% of copy {copy_gbs:.0f} GB/s)" if copy_gbs else ""
-        print(f"{who:24s} decode batch {b:4d}: {tps:10.1f} tok/s  weights {gbs:6.0f} GB/s{extra}")
+        steps = f"  step p50 {r['step_ms_p50']:.2f} ms p99 {r['step_ms_p99']:.2f}" if "step_ms_p50" in r else ""
+        print(f"{who:24s} decode batch {b:4d}: {tps:10.1f} tok/s  weights {gbs:6.0f} GB/s{extra}{steps}")
 if copy_gbs:
     print(f"device copy bandwidth (read+write): {copy_gbs:.0f} GB/s")

@@ -171,12 +171,14 @@ static void test_matmul(backend_t *cpu, backend_t *gpu, dtype_t t, dtype_t wt, i
   free(wf), free(wb), free(bias);
 }
 
-/* A ragged batch over a paged cache: sequence s has LEN[s] tokens in blocks given by a shuffled table.
- * Step 1 is a prefill of PRE[s] tokens per sequence (prefill chunks of different lengths), step 2 one
- * decode token per sequence: rope_kv_write then attention, compared after each step (q, cache, out). */
-static void test_attention(backend_t *cpu, backend_t *gpu, dtype_t t, int style, int D, int HKV) {
-  enum { S = 3, H = 8, B = 16, NB = 24, MAXB = 6 };
-  const int pre[S] = {21, 70, 4};
+/* A ragged batch over a paged cache: sequence s has its tokens in blocks given by a shuffled table.
+ * Step 0 is a prefill of PRE[s] tokens per sequence (prefill chunks of different lengths), step 1 one
+ * decode token per sequence: rope_kv_write then attention, compared after each step (q, cache, out).
+ * With LONG, prefills of 200/130/9 tokens (several key tiles, several splits per decode query), and a
+ * step 2 decode in which sequence 1's table points outside the cache (its rows must be zero). */
+static void test_attention(backend_t *cpu, backend_t *gpu, dtype_t t, int style, int D, int HKV, int lng) {
+  enum { S = 3, H = 8, B = 16, NB = 49, MAXB = 16, TMAX = 352 };
+  const int pre[S] = {lng ? 200 : 21, lng ? 130 : 70, lng ? 9 : 4};
   be_kv_t ckv = {.dtype = DTYPE_F32, .n_blocks = NB, .n_layers = 2, .n_kv_heads = HKV, .block_size = B, .head_dim = D};
   ckv.block_bytes = (size_t)2 * 2 * HKV * B * D * 4;
   be_kv_t gkv = ckv;
@@ -191,11 +193,12 @@ static void test_attention(backend_t *cpu, backend_t *gpu, dtype_t t, int style,
   float *dinv = gpu->ops->alloc(gpu, sizeof(float) * (size_t)(D / 2));
   gpu->ops->upload(gpu, dinv, inv, sizeof(float) * (size_t)(D / 2));
   be_rope_t crope = {.style = style, .head_dim = D, .inv_freq = inv}, grope = {.style = style, .head_dim = D, .inv_freq = dinv};
-  for (int step = 0; step < 2; step++) {
-    int T = 0, tok[128], pos[128], slot[128], seq[128], qs[S + 1], kvl[S], lr[S];
+  for (int step = 0; step < (lng ? 3 : 2); step++) {
+    int T = 0, tok[TMAX], pos[TMAX], slot[TMAX], seq[TMAX], qs[S + 1], kvl[S], lr[S];
+    if (step == 2) table[1 * MAXB + 1] = NB + 5; /* outside the cache */
     for (int s = 0; s < S; s++) {
       qs[s] = T;
-      int first = step == 0 ? 0 : pre[s], n = step == 0 ? pre[s] : 1;
+      int first = step == 0 ? 0 : pre[s] + step - 1, n = step == 0 ? pre[s] : 1;
       for (int j = 0; j < n; j++, T++) {
         int p = first + j;
         tok[T] = 0, pos[T] = p, seq[T] = s, slot[T] = table[s * MAXB + p / B] * B + p % B;
@@ -205,8 +208,8 @@ static void test_attention(backend_t *cpu, backend_t *gpu, dtype_t t, int style,
     }
     qs[S] = T;
     be_batch_t hb = {.n_tokens = T, .n_seqs = S, .tokens = tok, .positions = pos, .slots = slot, .seq_of = seq,
-                     .q_start = qs, .kv_len = kvl, .block_table = table, .max_blocks = MAXB, .max_kv_len = 71,
-                     .logit_rows = lr, .n_logits = S};
+                     .q_start = qs, .kv_len = kvl, .block_table = table, .max_blocks = MAXB,
+                     .max_kv_len = lng ? 202 : 72, .logit_rows = lr, .n_logits = S};
     size_t nq = (size_t)T * H * D, nk = (size_t)T * HKV * D;
     float *q = rnd_vec(nq, 1.0f, t), *k = rnd_vec(nk, 1.0f, t), *v = rnd_vec(nk, 1.0f, t);
     void *dq = dev_put(gpu, q, nq), *dk = dev_put(gpu, k, nk), *dv = dev_put(gpu, v, nk);
@@ -231,7 +234,8 @@ static void test_attention(backend_t *cpu, backend_t *gpu, dtype_t t, int style,
     check(what, t, g, ckv.data, nkv, t == DTYPE_F32 ? 1e-6 : 1e-2);
     free(g);
     g = dev_get(gpu, dout, nq);
-    snprintf(what, sizeof what, "attention %s T%d D%d G%d", step ? "decode" : "prefill", T, D, H / HKV);
+    snprintf(what, sizeof what, "attention %s T%d D%d G%d%s", step ? "decode" : "prefill", T, D, H / HKV,
+             step == 2 ? " bad table" : "");
     check(what, t, g, out, nq, t == DTYPE_F32 ? 1e-5 : 2e-2);
     free(g);
     void *bufs[] = {dq, dk, dv, dout};
@@ -254,7 +258,8 @@ static void test_model(backend_t *cpu, backend_t *gpu, dtype_t t, const char *pr
   }
   fwd_t fc, fg;
   enum { B = 16, MAXB = 4 };
-  if (fwd_init(&fc, m, cpu, 16, B, 64, 4) || fwd_init(&fg, m, gpu, 16, B, 64, 4)) {
+  if (fwd_init(&fc, m, cpu, B, 64, 4) || fwd_alloc_kv(&fc, 16) || fwd_init(&fg, m, gpu, B, 64, 4) ||
+      fwd_alloc_kv(&fg, 16)) {
     printf("FAIL fwd_init\n");
     n_fail++;
     model_free(m);
@@ -305,9 +310,11 @@ int main(void) {
     test_norms(cpu, gpu, types[i]);
     test_matmul(cpu, gpu, types[i], DTYPE_F32, 320, 512);
     test_matmul(cpu, gpu, types[i], DTYPE_BF16, 130, 100);
-    test_attention(cpu, gpu, types[i], 0, 64, 2);
-    test_attention(cpu, gpu, types[i], 1, 128, 1);
-    test_attention(cpu, gpu, types[i], 1, 36, 8);
+    test_attention(cpu, gpu, types[i], 0, 64, 2, 0);
+    test_attention(cpu, gpu, types[i], 1, 128, 1, 0);
+    test_attention(cpu, gpu, types[i], 1, 36, 8, 0);
+    test_attention(cpu, gpu, types[i], 1, 128, 2, 1);
+    test_attention(cpu, gpu, types[i], 0, 64, 1, 1);
     test_model(cpu, gpu, types[i], "dummy:tiny");
     if (gpu->ops->sync(gpu) != 0) {
       printf("FAIL the CUDA backend reported an error\n");

@@ -35,7 +35,8 @@ int main(int argc, char **argv) {
   fwd_t f;
   int rc = model_load(&m, argv[1], NULL);
   if (!rc) rc = backend_create(&be, argv[2], 0, act);
-  if (!rc) rc = fwd_init(&f, m, be, MAX_CTX / BLOCK + 2, BLOCK, MAX_CTX, 1);
+  if (!rc) rc = fwd_init(&f, m, be, BLOCK, MAX_CTX, 1);
+  if (!rc) rc = fwd_alloc_kv(&f, MAX_CTX / BLOCK + 2);
   if (rc) {
     fprintf(stderr, "greedy_ids: %s\n", strata_strerror(rc));
     backend_destroy(be);

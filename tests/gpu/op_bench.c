@@ -59,9 +59,9 @@ int main(void) {
     }
     be->ops->free(be, (void *)w.data);
   }
-  /* attention: decode at 512 context (batch 1, 32, 128) and one 2,048-token prefill */
+  /* attention: decode at 512 context (batch 1, 32, 128) and 4,096 (batch 1), and one 2,048-token prefill */
   enum { H = 32, HKV = 8, D = 128, B = 16 };
-  const int cases[][2] = {{1, 512}, {32, 512}, {128, 512}, {1, -2048}};
+  const int cases[][2] = {{1, 512}, {32, 512}, {128, 512}, {1, 4096}, {1, -2048}};
   int nb_total = 128 * (576 / B) + 2;
   be_kv_t kv = {.dtype = DTYPE_BF16, .n_blocks = nb_total, .n_layers = 1, .n_kv_heads = HKV, .block_size = B,
                 .head_dim = D, .block_bytes = (size_t)2 * HKV * B * D * 2};

@@ -46,10 +46,14 @@ stage_parity() {
   "$BUILD/tests/gpu/gpu_parity" >"$OUT/parity.log" 2>&1
   say "gpu_parity: $(tail -1 "$OUT/parity.log")"
   grep FAIL "$OUT/parity.log" | head -20 | tee -a "$SUMMARY"
-  # again with our GEMV for every T <= 8 (by default it serves T <= 2 only) and decode steps as CUDA graphs
-  STRATA_CUDA_GEMV_MAX_T=8 STRATA_CUDA_GRAPHS=1 "$BUILD/tests/gpu/gpu_parity" >"$OUT/parity_gemv8.log" 2>&1
-  say "gpu_parity (GEMV up to T=8, CUDA graphs): $(tail -1 "$OUT/parity_gemv8.log")"
+  # again with our GEMV for every T <= 8 (by default it serves T <= 2 only) and every step run eagerly
+  STRATA_CUDA_GEMV_MAX_T=8 STRATA_CUDA_GRAPHS=0 "$BUILD/tests/gpu/gpu_parity" >"$OUT/parity_gemv8.log" 2>&1
+  say "gpu_parity (GEMV up to T=8, no CUDA graphs): $(tail -1 "$OUT/parity_gemv8.log")"
   grep FAIL "$OUT/parity_gemv8.log" | head -10 | tee -a "$SUMMARY"
+  # and with the split-KV kernel for prefill too (no tensor-core attention)
+  STRATA_CUDA_ATTENTION=notc "$BUILD/tests/gpu/gpu_parity" >"$OUT/parity_notc.log" 2>&1
+  say "gpu_parity (attention without tensor cores): $(tail -1 "$OUT/parity_notc.log")"
+  grep FAIL "$OUT/parity_notc.log" | head -10 | tee -a "$SUMMARY"
   # stories260K: f32 on cuda must print the published golden text (the CPU's); bf16 is reported
   local ref=$STRATA_MODELS_DIR/stories260K/REFERENCE.md
   awk '/^```text$/{on=1; next} /^```$/{on=0} on' "$ref" >"$OUT/stories_ref.txt"
@@ -63,7 +67,8 @@ stage_parity() {
       else say "stories260K $m cuda $dt: DIFFERS from the golden text ($(wc -c <"$o") bytes; $(tail -1 "$o.err"))"; fi
     done
   done
-  STRATA_CUDA_GRAPHS=1 python3 tests/gpu/hf_parity.py "$BUILD/tests/gpu/greedy_ids" "$(mktemp -d)" \
+  [ "${SKIP_HF:-0}" = 1 ] && return
+  python3 tests/gpu/hf_parity.py "$BUILD/tests/gpu/greedy_ids" "$(mktemp -d)" \
     >"$OUT/hf_parity.log" 2>&1
   grep -E "^  |hf_parity|Error|error" "$OUT/hf_parity.log" | tail -14 | tee -a "$SUMMARY"
 }
@@ -80,20 +85,26 @@ stage_bench() {
   "$B" engine --device cuda --model dummy:llama3-8b --batch 1 --prompt-len 2048 --gen-len 2 2>>"$OUT/bench.err" |
     tee -a "$log"
   python3 tests/gpu/bench_table.py "$log" | tee -a "$SUMMARY"
-  # the same batch-1 decode with decode steps replayed as CUDA graphs
-  STRATA_CUDA_GRAPHS=1 "$B" engine --device cuda --model dummy:llama3-8b --batch 1 --prompt-len 512 --gen-len 64 \
-    2>>"$OUT/bench.err" | tee "$OUT/bench_graphs.jsonl" |
-    python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print('strata cuda:0 CUDA graphs decode batch    1: %10.1f tok/s' % r['decode_tok_s'])" |
-    tee -a "$SUMMARY"
+  # decode with every step run eagerly (CUDA graphs are the default), to see what the graphs give
+  for b in ${GRAPHS_OFF_BATCHES:-1 32}; do
+    STRATA_CUDA_GRAPHS=0 "$B" engine --device cuda --model dummy:llama3-8b --batch "$b" --prompt-len 512 \
+      --gen-len 64 2>>"$OUT/bench.err" | tee -a "$OUT/bench_nographs.jsonl" |
+      python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print('strata cuda:0 no graphs decode batch %4d: %10.1f tok/s' % (r['batch'], r['decode_tok_s']))" |
+      tee -a "$SUMMARY"
+  done
 }
 
 stage_ops() {
   "$BUILD/tests/gpu/op_bench" >"$OUT/op_bench.log" 2>&1
   echo "-- matmul through cuBLASLt only (STRATA_CUDA_GEMV_MAX_T=0):" >>"$OUT/op_bench.log"
   STRATA_CUDA_GEMV_MAX_T=0 "$BUILD/tests/gpu/op_bench" 2>&1 | grep -E "^ *[0-9]+ x [0-9]+ +[1-8] " >>"$OUT/op_bench.log"
-  cat "$OUT/op_bench.log" | tee -a "$SUMMARY"
   # where a decode step goes: kernel time summary of one batch-32 run (when Nsight Systems is there)
-  if command -v nsys >/dev/null; then
+  echo "-- attention of the first version (STRATA_CUDA_ATTENTION=v1):" >>"$OUT/op_bench.log"
+  STRATA_CUDA_ATTENTION=v1 "$BUILD/tests/gpu/op_bench" 2>&1 | grep "^attention" >>"$OUT/op_bench.log"
+  echo "-- split-KV attention for prefill too (STRATA_CUDA_ATTENTION=notc):" >>"$OUT/op_bench.log"
+  STRATA_CUDA_ATTENTION=notc "$BUILD/tests/gpu/op_bench" 2>&1 | grep "^attention prefill" >>"$OUT/op_bench.log"
+  grep -E "^attention|^--|^T " "$OUT/op_bench.log" | tee -a "$SUMMARY"
+  if [ "${NSYS:-1}" = 1 ] && command -v nsys >/dev/null; then
     STRATA_CUDA_RESERVE_MIB=22000 nsys profile -o "$OUT/prof" --force-overwrite true \
       "$BUILD/bench/strata-bench" engine --device cuda --model dummy:llama3-8b --batch 32 --prompt-len 512 \
       --gen-len 32 >"$OUT/nsys.log" 2>&1

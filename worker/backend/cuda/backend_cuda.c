@@ -15,6 +15,7 @@
 #define GEMM_CACHE 256                 /* cached cuBLASLt plans, keyed by (N, K, T, dtype) */
 #define GEMM_WORKSPACE (32u << 20)     /* cuBLASLt workspace bytes */
 #define STAGE_BYTES ((size_t)32 << 20) /* one of the two pinned staging buffers of weight uploads */
+#define ATT_PART_BYTES ((size_t)16 << 20) /* split-KV partials: ~2 x 8 blocks per SM, G(D+2) floats each */
 
 typedef struct {
   int valid, N, K, T;
@@ -36,6 +37,7 @@ enum { STEP_EAGER = 0, STEP_CAPTURE, STEP_REPLAY };
 typedef struct {
   int device;
   int graphs_on;  /* STRATA_CUDA_GRAPHS (default 1) */
+  cuda_att_work_t att; /* attention scratch and kernel choice (STRATA_CUDA_ATTENTION) */
   int step_mode;  /* STEP_* of the step in flight */
   graph_entry_t graphs[GRAPH_CACHE], *step_graph;
   int graph_next; /* the entry a new graph replaces when the cache is full */
@@ -499,7 +501,7 @@ static void cuda_op_attention(backend_t *be, void *out, const void *q, const be_
     return;
   }
   note(be, cuda_attention(out, q, &ck, layer, b->positions, b->seq_of, b->block_table, b->max_blocks, b->n_tokens,
-                          n_heads, scale, ctx_of(be)->stream));
+                          b->n_seqs, n_heads, scale, &ctx_of(be)->att, ctx_of(be)->stream));
 }
 
 static void cuda_op_silu_mul(backend_t *be, void *out, const void *gate, const void *up, int T, int F) {
@@ -569,7 +571,8 @@ int backend_cuda_create(backend_t **out, int device, int act_dtype) {
     return STRATA_EUNSUPPORTED;
   }
   if (device < 0 || device >= n_dev) {
-    log_error("cuda backend: device cuda:%d does not exist (%d device%s present)", device, n_dev, n_dev == 1 ? "" : "s");
+    log_error("cuda backend: device cuda:%d does not exist (%d device%s present)", device, n_dev,
+              n_dev == 1 ? "" : "s");
     return STRATA_EINVAL;
   }
   if (act_dtype == -1) act_dtype = DTYPE_BF16;
@@ -593,10 +596,15 @@ int backend_cuda_create(backend_t **out, int device, int act_dtype) {
   snprintf(be->device, sizeof be->device, "cuda:%d", device);
   c->device = device;
   /* measured on H100 (docs/gpu.md): our GEMV wins at T <= 2, cuBLASLt from there on */
-  /* decode steps as CUDA graphs: off unless STRATA_CUDA_GRAPHS=1 (measured +3% at batch 1 on H100, while each
-   * new step shape costs a capture; see docs/gpu.md) */
+  /* decode steps as CUDA graphs: on unless STRATA_CUDA_GRAPHS=0 (the engine rounds the block-table width up
+   * to a power of two, so a step shape recurs and a capture is rare; see docs/gpu.md) */
   const char *ge = getenv("STRATA_CUDA_GRAPHS");
-  c->graphs_on = ge && strcmp(ge, "1") == 0;
+  c->graphs_on = !(ge && strcmp(ge, "0") == 0);
+  /* STRATA_CUDA_ATTENTION=v1 (the first kernel) or notc (no tensor-core prefill): for comparisons */
+  const char *ae = getenv("STRATA_CUDA_ATTENTION");
+  c->att.impl = CUDA_ATT_AUTO;
+  if (ae && strcmp(ae, "v1") == 0) c->att.impl = CUDA_ATT_V1;
+  if (ae && strcmp(ae, "notc") == 0) c->att.impl = CUDA_ATT_NO_TC;
   const char *gm = getenv("STRATA_CUDA_GEMV_MAX_T");
   c->gemv_max_t = gm ? atoi(gm) : 2;
   if (c->gemv_max_t < 0 || c->gemv_max_t > CUDA_GEMV_MAX_T) c->gemv_max_t = 2;
@@ -604,16 +612,20 @@ int backend_cuda_create(backend_t **out, int device, int act_dtype) {
   if (cu_ok(cudaSetDevice(device), "cudaSetDevice") ||
       cu_ok(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "stream") ||
       cu_ok(cudaEventCreateWithFlags(&c->batch_copied, cudaEventDisableTiming), "event") ||
-      cu_ok(cudaMalloc(&c->workspace, GEMM_WORKSPACE), "cuBLASLt workspace"))
+      cu_ok(cudaMalloc(&c->workspace, GEMM_WORKSPACE), "cuBLASLt workspace") ||
+      cu_ok(cudaMalloc((void **)&c->att.part, ATT_PART_BYTES), "attention scratch"))
     goto fail;
+  c->att.part_bytes = ATT_PART_BYTES;
   if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS) {
     log_error("cuda backend: cublasLtCreate failed on %s", be->device);
     goto fail;
   }
   struct cudaDeviceProp prop;
-  if (cudaGetDeviceProperties(&prop, device) == cudaSuccess)
+  if (cudaGetDeviceProperties(&prop, device) == cudaSuccess) {
+    c->att.n_sms = prop.multiProcessorCount;
     log_info("cuda backend: %s (%s, %d SMs, %.1f GiB), %s activations", be->device, prop.name,
              prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, dtype_name(be->act_dtype));
+  }
   *out = be;
   return 0;
 fail:
@@ -630,6 +642,7 @@ void backend_cuda_destroy(backend_t *be) {
     for (int i = 0; i < GEMM_CACHE; i++) plan_destroy(&c->plans[i]);
     if (c->lt) cublasLtDestroy(c->lt);
     cudaFree(c->workspace);
+    cudaFree(c->att.part);
     cudaFreeHost(c->batch_host);
     cudaFree(c->batch_dev);
     cudaFree(c->f32_scratch);
