@@ -92,6 +92,9 @@ int cuda_attention(void *out, const void *q, const cuda_kv_t *kv, int layer, con
 int cuda_silu_mul(void *out, const void *gate, const void *up, int T, int F, dtype_t act, cudaStream_t stream);
 
 /* out(n,C) = x[rows[i]]. OUT must not alias X. */
+/* cuda_argmax_rows: out(n) int32 = argmax of each row of x(n, V); ties to the lowest id, NaN never wins
+ * (the CPU sampler's greedy rule). */
+int cuda_argmax_rows(int32_t *out, const void *x, int n, int V, dtype_t act, cudaStream_t stream);
 int cuda_gather_rows(void *out, const void *x, const int32_t *rows, int n, int C, dtype_t act, cudaStream_t stream);
 
 #ifdef __cplusplus

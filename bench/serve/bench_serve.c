@@ -16,7 +16,7 @@ static const struct {
   const char *help;
 } opts[] = {
     {"url", 1, "target http[s]://host:port[/v1/completions|/v1/chat/completions]"},
-    {"grpc", 1, "gRPC target host:port (not supported yet)"},
+    {"grpc", 1, "gRPC target host:port (strata.v1.Inference/Generate; TLS with --ca-file)"},
     {"api-key", 1, "sent as 'Authorization: Bearer KEY'"},
     {"insecure", 0, "do not verify the server's TLS certificate"},
     {"ca-file", 1, "PEM file of CA certificates to trust besides the system's"},
@@ -56,7 +56,7 @@ static const char *const default_scrape =
     "strata:prefix_cache_hits_total,strata:prefix_cache_queries_total,strata:desired_replicas";
 
 static void usage(FILE *fp) {
-  fprintf(fp, "usage: strata-bench serve --url http://host:port [options]\n");
+  fprintf(fp, "usage: strata-bench serve --url http://host:port | --grpc host:port [options]\n");
   for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
     fprintf(fp, "  --%-18s %s %s\n", opts[i].name, opts[i].arg ? "V" : " ", opts[i].help);
 }
@@ -159,6 +159,10 @@ static int set_opt(bs_cfg_t *c, const char *name, const char *v, char **hold, in
   if (v && !copy) return STRATA_ENOMEM;
   if (copy) hold[(*n_hold)++] = copy;
   if (!strcmp(name, "url")) *url = v;
+  else if (!strcmp(name, "grpc")) {
+    bad = !*v || strlen(v) >= sizeof c->grpc || strstr(v, "://");
+    if (!bad) snprintf(c->grpc, sizeof c->grpc, "%s", v);
+  }
   else if (!strcmp(name, "api-key")) c->api_key = v;
   else if (!strcmp(name, "insecure")) c->insecure = 1;
   else if (!strcmp(name, "ca-file")) c->ca_file = v;
@@ -222,6 +226,30 @@ static void cfg_defaults(bs_cfg_t *c) {
   c->progress = 1;
 }
 
+/* The rest of parse_args for --grpc: what HTTP-only options mean there, and the metrics URL. */
+static int check_grpc(bs_cfg_t *c, const char *url, const char *murl) {
+  const char *why = url ? "--url and --grpc are two targets: choose one"
+                  : c->api_key ? "--api-key is not supported with --grpc yet (common/rpc client streams send no "
+                                 "call metadata); run the server without API keys or bench its HTTP API"
+                  : c->insecure ? "--insecure is not supported with --grpc: pass the server's CA with --ca-file"
+                  : !c->stream ? "--no-stream does not apply to --grpc (Generate always streams)"
+                  : (c->dataset && c->trace) || (c->n_stages && c->concurrency) || (c->rate > 0 && c->concurrency)
+                      ? "conflicting options: choose one of --dataset/--trace, and one of --concurrency or "
+                        "--rate/--stages"
+                      : NULL;
+  if (why) {
+    fprintf(stderr, "strata-bench serve: %s\n", why);
+    return STRATA_EINVAL;
+  }
+  snprintf(c->url, sizeof c->url, "grpc://%s", c->grpc);
+  /* /metrics is served over HTTP on another port: scrape only when told where. */
+  if (murl && parse_url(murl, c->metrics_host, c->metrics_port, c->metrics_path, &c->metrics_tls, "/metrics")) {
+    fprintf(stderr, "strata-bench serve: bad --metrics-url\n");
+    return STRATA_EINVAL;
+  }
+  return 0;
+}
+
 /* Parses ARGV into C; returns 0, 1 for --help, or <0 on a usage error (reported). */
 static int parse_args(bs_cfg_t *c, int argc, char **argv, char **hold, int *n_hold) {
   const char *url = NULL, *murl = NULL;
@@ -246,11 +274,6 @@ static int parse_args(bs_cfg_t *c, int argc, char **argv, char **hold, int *n_ho
       return STRATA_EINVAL;
     }
     if (!strcmp(opts[k].name, "help")) return 1;
-    if (!strcmp(opts[k].name, "grpc")) {
-      fprintf(stderr, "strata-bench serve: --grpc is not supported yet (the strata.v1.Inference API is not "
-                      "built); use --url http://host:port\n");
-      return STRATA_EUNSUPPORTED;
-    }
     if (opts[k].arg) {
       val = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
       if (!val) {
@@ -262,8 +285,9 @@ static int parse_args(bs_cfg_t *c, int argc, char **argv, char **hold, int *n_ho
     int rc = set_opt(c, opts[k].name, val, hold, n_hold, &url, &murl, &api_given);
     if (rc) return rc;
   }
+  if (c->grpc[0]) return check_grpc(c, url, murl);
   if (!url) {
-    fprintf(stderr, "strata-bench serve: --url is required (see --help)\n");
+    fprintf(stderr, "strata-bench serve: --url or --grpc is required (see --help)\n");
     return STRATA_EINVAL;
   }
   snprintf(c->url, sizeof c->url, "%s", url);

@@ -64,6 +64,7 @@ struct bs_client {
   bs_run_t *run;
   struct addrinfo *ai, *mai;
   SSL_CTX *ssl_ctx;
+  bs_grpc_t *grpc; /* the gRPC target, or NULL for HTTP */
   bs_conn_t *idle, *metrics_conn;
   http_parser_settings settings;
   int in_flight, phase; /* phase 0: warm-up, 1: main */
@@ -156,6 +157,7 @@ static void record_nonstream(bs_req_t *q, bs_conn_t *c) {
 }
 
 static void scrape_parse(bs_client_t *cl, const char *text, double t_s);
+static void req_done(bs_client_t *cl, bs_req_t *q);
 
 /* Ends what C has in flight with FAIL (BS_FAIL_NONE: judge from the response) and keeps C for reuse
  * when the server allows it, closing it otherwise. */
@@ -196,10 +198,8 @@ static void conn_finish(bs_conn_t *c, int fail) {
   if (!fail && (q->http_status < 200 || q->http_status > 299)) q->fail = BS_FAIL_HTTP;
   if (!q->fail) {
     if (!cl->cfg->stream) record_nonstream(q, c);
-    else if (c->err_event || q->n_chunks == 0) q->fail = BS_FAIL_STREAM;
+    else if (c->err_event || bs_req_no_text(q)) q->fail = BS_FAIL_STREAM;
   }
-  q->done = 1;
-  cl->in_flight--;
   if (c) {
     if (keep) {
       conn_watch(c, 0);
@@ -209,6 +209,13 @@ static void conn_finish(bs_conn_t *c, int fail) {
       conn_close(c);
     }
   }
+  req_done(cl, q);
+}
+
+/* Q is finished (results filled in): account for it and send what may follow. */
+static void req_done(bs_client_t *cl, bs_req_t *q) {
+  q->done = 1;
+  cl->in_flight--;
   if (q->warmup) {
     cl->warm_done++;
     bs_req_free(q);
@@ -438,7 +445,22 @@ static void conn_begin(bs_conn_t *c, bs_req_t *q, const char *bytes, size_t len,
   }
 }
 
+static void grpc_chunk_cb(void *arg, bs_req_t *q) {
+  bs_client_t *cl = arg;
+  if (!q->warmup) cl->chunks++;
+}
+
+static void grpc_done_cb(void *arg, bs_req_t *q) { req_done(arg, q); }
+
 static int dispatch(bs_client_t *cl, bs_req_t *q) {
+  if (cl->grpc) {
+    q->t_start = bs_now_s();
+    int rc = bs_grpc_send(cl->grpc, q);
+    if (rc) return rc;
+    cl->in_flight++;
+    if (cl->in_flight > cl->run->max_in_flight && !q->warmup) cl->run->max_in_flight = cl->in_flight;
+    return 0;
+  }
   bs_conn_t *c = cl->idle;
   if (c) {
     cl->idle = c->next_idle;
@@ -670,8 +692,11 @@ static int resolve(const char *host, const char *port, struct addrinfo **out) {
 }
 
 static int client_init(bs_client_t *cl, const bs_cfg_t *c) {
-  if (resolve(c->host, c->port, &cl->ai) || resolve(c->metrics_host, c->metrics_port, &cl->mai))
+  /* With --grpc the HTTP side is only the optional --metrics-url. */
+  if ((!c->grpc[0] && resolve(c->host, c->port, &cl->ai)) ||
+      (c->metrics_host[0] && resolve(c->metrics_host, c->metrics_port, &cl->mai)))
     return STRATA_ENOTFOUND;
+  cl->scrape_disabled = !c->metrics_host[0];
   if (c->tls || c->metrics_tls) {
     cl->ssl_ctx = SSL_CTX_new(TLS_client_method());
     if (!cl->ssl_ctx) {
@@ -721,6 +746,10 @@ int bs_run_execute(const bs_cfg_t *cfg, bs_workload_t *w, bs_run_t *run) {
   ev_init(&cl->scrape_timer, scrape_cb);
   ev_init(&cl->progress_timer, progress_cb);
   cl->arrival_timer.data = cl->sample_timer.data = cl->scrape_timer.data = cl->progress_timer.data = cl;
+  if (cfg->grpc[0]) {
+    bs_grpc_cbs_t gcbs = {.on_chunk = grpc_chunk_cb, .on_done = grpc_done_cb, .arg = cl};
+    if ((rc = bs_grpc_new(cfg, cl->loop, &gcbs, &cl->grpc))) goto done;
+  }
   drive(cl);
   if (!cl->finished) ev_run(cl->loop, 0);
   if (!run->t_end) run->t_end = bs_now_s();
@@ -738,6 +767,7 @@ int bs_run_execute(const bs_cfg_t *cfg, bs_workload_t *w, bs_run_t *run) {
   if (cl->metrics_conn) conn_close(cl->metrics_conn);
   run->n_reqs = cl->next;
 done:
+  bs_grpc_free(cl->grpc); /* every request has finished: the loop ends only then */
   if (cl->loop) ev_loop_destroy(cl->loop);
   if (cl->ssl_ctx) SSL_CTX_free(cl->ssl_ctx);
   if (cl->ai) freeaddrinfo(cl->ai);

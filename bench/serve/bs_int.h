@@ -60,6 +60,7 @@ typedef struct {
 typedef struct {
   /* target */
   char url[1024];
+  char grpc[256]; /* gRPC target host:port; "" for the HTTP target */
   char host[256], port[16], path[512];
   int tls, insecure;
   const char *ca_file; /* extra trusted CAs (PEM) */
@@ -109,6 +110,7 @@ enum {
   BS_FAIL_CUT,     /* connection closed mid-response */
   BS_FAIL_CONNECT, /* could not connect or the connection broke before any reply */
   BS_FAIL_STREAM,  /* an error event in the stream, or a response without tokens */
+  BS_FAIL_GRPC,    /* a gRPC status other than OK, DEADLINE_EXCEEDED, UNAVAILABLE, CANCELLED */
   BS_FAIL_COUNT
 };
 
@@ -118,8 +120,9 @@ typedef struct {
   int group; /* shared-prefix group or -1 */
   int input_len, output_len;
   double t_sched; /* planned send time, seconds from the run start (open loop) */
-  char *http;     /* the whole HTTP request (owned) */
+  char *http;     /* the whole HTTP request (owned; NULL for gRPC) */
   size_t http_len;
+  char *prompt;   /* the prompt text (owned; gRPC requests only) */
   /* results; times are CLOCK_MONOTONIC seconds */
   double t_start, t_first, t_last, t_end;
   float *itl_ms; /* gaps between content chunks after the first, capacity cap_itl */
@@ -127,6 +130,7 @@ typedef struct {
   int n_chunks;
   int usage_prompt, usage_completion; /* -1 when the server sent no usage */
   int http_status;
+  int grpc_status; /* gRPC status code, -1 for HTTP */
   int fail;
   int retried;
   int done;
@@ -187,6 +191,29 @@ typedef struct {
 int bs_run_execute(const bs_cfg_t *cfg, bs_workload_t *w, bs_run_t *run);
 void bs_run_free(bs_run_t *run);
 
+/* ---- the gRPC target (bs_grpc.c) ---- */
+
+struct ev_loop;
+typedef struct bs_grpc bs_grpc_t;
+
+/* Both run on the libev thread. on_chunk: Q received a message with text (timestamps already set).
+ * on_done: Q finished (t_end, usage, fail and grpc_status set); the harness owns Q again. */
+typedef struct {
+  void (*on_chunk)(void *arg, bs_req_t *q);
+  void (*on_done)(void *arg, bs_req_t *q);
+  void *arg;
+} bs_grpc_cbs_t;
+
+/* bs_grpc_new: a channel to cfg->grpc (TLS with cfg->ca_file as roots) and a completion-queue thread
+ * whose events reach LOOP (the caller's libev loop, run on the caller's thread) through an ev_async.
+ * CFG and LOOP must outlive the handle. Returns 0 and *OUT, or a negative STRATA_E* code (logged). */
+int bs_grpc_new(const bs_cfg_t *cfg, struct ev_loop *loop, const bs_grpc_cbs_t *cbs, bs_grpc_t **out);
+/* bs_grpc_send: start Generate for Q (q->prompt, q->output_len; ignore_eos, temperature 0). Returns 0
+ * (exactly one on_done will follow) or a STRATA_E* code (no callback will come). Libev thread. */
+int bs_grpc_send(bs_grpc_t *g, bs_req_t *q);
+/* bs_grpc_free: stop the thread and close the channel. Every sent request must have finished. */
+void bs_grpc_free(bs_grpc_t *g);
+
 /* ---- results (bs_stats.c, bs_report.c) ---- */
 
 typedef struct {
@@ -198,6 +225,7 @@ typedef struct {
   int64_t n_total, n_ok, n_fail;
   int64_t fail_by_class[BS_FAIL_COUNT];
   int64_t http_status_count[600];
+  int64_t grpc_status_count[17];
   double duration_s;
   double offered_rate, achieved_rate; /* req/s sent vs completed */
   double req_per_s, out_tok_per_s, total_tok_per_s, peak_out_tok_per_s;
@@ -222,5 +250,12 @@ char *bs_summary_json(const bs_cfg_t *cfg, const bs_run_t *run, const bs_summary
 int bs_report_html(FILE *fp, const bs_cfg_t *cfg, const bs_run_t *run, const bs_summary_t *s);
 
 const char *bs_fail_name(int fail);
+/* bs_req_no_text: judge a finished stream that carried no text. Nonzero when it carried no tokens
+ * either (a failure). When the server's usage counts tokens whose text was empty (a byte-level
+ * tokenizer that emitted control or partial UTF-8 bytes, as dummy models do), the request counts as
+ * good and its first visible output is its end: t_first = t_last = t_end, as for --no-stream. */
+int bs_req_no_text(bs_req_t *q);
+/* bs_grpc_status_name: "UNAVAILABLE" etc. for a gRPC status code (0..16). */
+const char *bs_grpc_status_name(int code);
 
 #endif

@@ -12,8 +12,27 @@
 #include "common/status.h"
 
 const char *bs_fail_name(int fail) {
-  static const char *const names[BS_FAIL_COUNT] = {"ok", "http", "timeout", "stream_cut", "connect", "stream_error"};
+  static const char *const names[BS_FAIL_COUNT] = {"ok",      "http",         "timeout",
+                                                            "stream_cut", "connect", "stream_error",
+                                                            "grpc_status"};
   return fail >= 0 && fail < BS_FAIL_COUNT ? names[fail] : "unknown";
+}
+
+/* gRPC's names for its status codes; spelled here so that the pure parts need no gRPC headers. */
+const char *bs_grpc_status_name(int code) {
+  static const char *const names[17] = {"OK",      "CANCELLED",           "UNKNOWN",       "INVALID_ARGUMENT",
+                                        "DEADLINE_EXCEEDED",   "NOT_FOUND",     "ALREADY_EXISTS",
+                                        "PERMISSION_DENIED",   "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+                                        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE",
+                                        "DATA_LOSS", "UNAUTHENTICATED"};
+  return code >= 0 && code < 17 ? names[code] : "UNKNOWN";
+}
+
+int bs_req_no_text(bs_req_t *q) {
+  if (q->n_chunks > 0) return 0;
+  if (q->usage_completion <= 0) return 1;
+  q->t_first = q->t_last = q->t_end;
+  return 0;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -87,6 +106,7 @@ int bs_summary_compute(const bs_cfg_t *cfg, const bs_run_t *run, bs_summary_t *s
     if (q->t_start > last_start) last_start = q->t_start;
     s->fail_by_class[q->fail]++;
     if (q->http_status > 0 && q->http_status < 600) s->http_status_count[q->http_status]++;
+    if (q->grpc_status > 0 && q->grpc_status < 17) s->grpc_status_count[q->grpc_status]++;
     if (q->fail) {
       s->n_fail++;
       continue;
@@ -151,6 +171,8 @@ void bs_summary_print(const bs_cfg_t *cfg, const bs_run_t *run, const bs_summary
     if (s->fail_by_class[f]) printf("  failed, %-24s %lld\n", bs_fail_name(f), (long long)s->fail_by_class[f]);
   for (int c = 300; c < 600; c++)
     if (s->http_status_count[c]) printf("  HTTP %-28d %lld\n", c, (long long)s->http_status_count[c]);
+  for (int c = 1; c < 17; c++)
+    if (s->grpc_status_count[c]) printf("  gRPC %-28s %lld\n", bs_grpc_status_name(c), (long long)s->grpc_status_count[c]);
   printf("%-34s %.3f\n", "Duration (s):", s->duration_s);
   if (s->offered_rate > 0) printf("%-34s %.2f\n", "Offered rate (req/s):", s->offered_rate);
   printf("%-34s %.2f\n", "Achieved send rate (req/s):", s->achieved_rate);
@@ -256,6 +278,11 @@ char *bs_summary_json(const bs_cfg_t *cfg, const bs_run_t *run, const bs_summary
       snprintf(k, sizeof k, "%d", c);
       cJSON_AddNumberToObject(hs, k, (double)s->http_status_count[c]);
     }
+  if (cfg->grpc[0]) {
+    cJSON *gs = cJSON_AddObjectToObject(o, "grpc_status");
+    for (int c = 1; c < 17; c++)
+      if (s->grpc_status_count[c]) cJSON_AddNumberToObject(gs, bs_grpc_status_name(c), (double)s->grpc_status_count[c]);
+  }
   cJSON_AddNumberToObject(o, "duration_s", s->duration_s);
   cJSON_AddNumberToObject(o, "offered_rate", s->offered_rate);
   cJSON_AddNumberToObject(o, "achieved_rate", s->achieved_rate);
@@ -301,10 +328,10 @@ static int write_requests(FILE *fp, const bs_cfg_t *cfg, const bs_run_t *run) {
     int rc = bs_buf_printf(&b,
                            "{\"id\":%lld,\"group\":%d,\"input_len\":%d,\"output_len\":%d,\"prompt_tokens\":%lld,"
                            "\"output_tokens\":%lld,\"chunks\":%d,\"t_sched_s\":%.6f,\"t_start_s\":%.6f,"
-                           "\"http_status\":%d,\"status\":\"%s\",\"retried\":%s,",
+                           "\"http_status\":%d,\"grpc_status\":%d,\"status\":\"%s\",\"retried\":%s,",
                            (long long)q->id, q->group, q->input_len, q->output_len, (long long)req_in_tokens(q),
                            (long long)req_out_tokens(q), q->n_chunks, q->t_sched, q->t_start - run->t0,
-                           q->http_status, bs_fail_name(q->fail), q->retried ? "true" : "false");
+                           q->http_status, q->grpc_status, bs_fail_name(q->fail), q->retried ? "true" : "false");
     if (ok && !isnan(tpot))
       rc = rc ? rc : bs_buf_printf(&b, "\"ttft_ms\":%.4f,\"tpot_ms\":%.4f,", req_ttft_ms(q), tpot);
     else if (ok)

@@ -349,11 +349,18 @@ bs_req_t *bs_workload_make(bs_workload_t *w, int64_t i, int warmup) {
   q->warmup = warmup;
   q->group = -1;
   q->usage_prompt = q->usage_completion = -1;
+  q->grpc_status = -1;
   q->t_sched = warmup ? 0 : bs_workload_arrival_s(w, i);
   bs_rng_t r;
   bs_rng_seed(&r, c->seed * 1000003ULL + (uint64_t)i * 2 + (warmup ? 1 : 0));
-  if (make_prompt(w, q, &r, warmup ? i + 7919 : i, &prompt) || make_body(c, q, prompt.p ? prompt.p : "", &body))
-    goto fail;
+  if (make_prompt(w, q, &r, warmup ? i + 7919 : i, &prompt)) goto fail;
+  if (c->grpc[0]) { /* bs_grpc.c builds the protobuf request from the text */
+    q->prompt = prompt.p ? prompt.p : strdup("");
+    prompt.p = NULL;
+    if (!q->prompt) goto fail;
+    goto lens;
+  }
+  if (make_body(c, q, prompt.p ? prompt.p : "", &body)) goto fail;
   int rc = bs_buf_printf(&http,
                          "POST %s HTTP/1.1\r\nHost: %s:%s\r\nContent-Type: application/json\r\n"
                          "Accept: %s\r\nX-Request-Id: %s%lld\r\nContent-Length: %zu\r\n",
@@ -363,11 +370,13 @@ bs_req_t *bs_workload_make(bs_workload_t *w, int64_t i, int warmup) {
   rc = rc ? rc : bs_buf_append(&http, "\r\n", 2);
   rc = rc ? rc : bs_buf_append(&http, body.p, body.len);
   if (rc) goto fail;
+  q->http = http.p;
+  q->http_len = http.len;
+  http.p = NULL;
+lens:
   q->cap_itl = q->output_len + 1;
   q->itl_ms = malloc((size_t)q->cap_itl * sizeof *q->itl_ms);
   if (!q->itl_ms) goto fail;
-  q->http = http.p;
-  q->http_len = http.len;
   bs_buf_free(&prompt);
   bs_buf_free(&body);
   return q;
@@ -382,6 +391,7 @@ fail:
 void bs_req_free(bs_req_t *r) {
   if (!r) return;
   free(r->http);
+  free(r->prompt);
   free(r->itl_ms);
   free(r);
 }

@@ -284,3 +284,46 @@ extern "C" int cuda_gather_rows(void *out, const void *x, const int32_t *rows, i
   DISPATCH_ACT(act, gather_kernel<T><<<n, 256, 0, stream>>>((T *)out, (const T *)x, rows, C));
   return launched("gather_rows");
 }
+
+// ---- argmax_rows: out(n) = argmax over V of x(n, V); ties to the lowest id, NaN never wins ----
+// The greedy fast path of the engine: only token ids cross to the host, not (n, V) logits.
+__device__ __forceinline__ bool am_better(float v, int i, float bv, int bi) {
+  return v > bv || (v == bv && i < bi);
+}
+
+template <typename T> __global__ void argmax_kernel(int32_t *out, const T *x, int V) {
+  const T *row = x + (size_t)blockIdx.x * V;
+  float bv = -INFINITY;
+  int bi = V;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) {
+    float v = ld(row + i);
+    if (v == v && am_better(v, i, bv, bi)) bv = v, bi = i;  // v == v: not NaN
+  }
+  for (int off = 16; off > 0; off >>= 1) {
+    float ov = __shfl_down_sync(0xffffffffu, bv, off);
+    int oi = __shfl_down_sync(0xffffffffu, bi, off);
+    if (am_better(ov, oi, bv, bi)) bv = ov, bi = oi;
+  }
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) sv[warp] = bv, si[warp] = bi;
+  __syncthreads();
+  if (warp == 0) {
+    int nw = blockDim.x / 32;
+    bv = lane < nw ? sv[lane] : -INFINITY;
+    bi = lane < nw ? si[lane] : V;
+    for (int off = 16; off > 0; off >>= 1) {
+      float ov = __shfl_down_sync(0xffffffffu, bv, off);
+      int oi = __shfl_down_sync(0xffffffffu, bi, off);
+      if (am_better(ov, oi, bv, bi)) bv = ov, bi = oi;
+    }
+    if (lane == 0) out[blockIdx.x] = bi < V ? bi : 0;
+  }
+}
+
+extern "C" int cuda_argmax_rows(int32_t *out, const void *x, int n, int V, dtype_t act, cudaStream_t stream) {
+  if (n <= 0) return 0;
+  DISPATCH_ACT(act, argmax_kernel<T><<<n, 1024, 0, stream>>>(out, (const T *)x, V));
+  return launched("argmax_rows");
+}

@@ -105,6 +105,10 @@ typedef struct {
   void (*gather_rows)(backend_t *be, void *out, const void *x, const int32_t *rows, int n, int C);
   /* host_out(n) = f32(x(n)) : the way logits come back to the host */
   int (*to_host_f32)(backend_t *be, float *host_out, const void *x, int64_t n);
+  /* (optional, default NULL: the engine samples on the host) host_out(n) int32 = argmax of each row of
+   * x(n, V), ties to the lowest id, NaN never wins: greedy decoding without moving logits. Ends the
+   * step like to_host_f32. */
+  int (*argmax_rows)(backend_t *be, int32_t *host_out, const void *x, int n, int V);
 } be_ops_t;
 
 struct backend {

@@ -80,9 +80,35 @@ static void build_batch(engine_t *e, const sched_out_t *so, be_batch_t *b) {
                     .logit_rows = rb->logit_rows, .n_logits = n_logits};
 }
 
+/* plain_greedy: the sampler would return the argmax for this request (no processing, no logprobs). */
+static int plain_greedy(const req_t *r) {
+  const sampling_params_t *sp = &r->sp;
+  return sp->temperature < 1e-5f && sp->repetition_penalty == 1.0f && sp->presence_penalty == 0.0f &&
+         sp->frequency_penalty == 0.0f && !sp->logprobs && sp->top_logprobs == 0 &&
+         (sp->min_tokens <= 0 || req_n_generated(r) >= sp->min_tokens);
+}
+
 int runner_execute(engine_t *e, const sched_out_t *so) {
   be_batch_t b;
   build_batch(e, so, &b);
+  /* NOTE: a step whose every sampling request is plain greedy takes the argmax on the backend, so
+   * only token ids cross to the host (on a GPU the (S, V) logits copy dominates large decode steps). */
+  int all_greedy = 1;
+  for (int i = 0; i < so->n_items && all_greedy; i++)
+    if (so->items[i].sample) all_greedy = plain_greedy(so->items[i].req);
+  if (all_greedy && b.n_logits > 0) {
+    int rc = fwd_run_argmax(&e->fwd, &b);
+    if (rc) {
+      log_error("forward pass failed on %s: %s", e->be->device, strata_strerror(rc));
+      return rc;
+    }
+    for (int i = 0, j = 0; i < so->n_items; i++) {
+      if (!so->items[i].sample) continue;
+      e->results[i] = (sample_result_t){.token = e->fwd.argmax_host[j++]};
+      e->sampled[i] = e->results[i].token;
+    }
+    return 0;
+  }
   int rc = fwd_run(&e->fwd, &b);
   if (rc) {
     log_error("forward pass failed on %s: %s", e->be->device, strata_strerror(rc));

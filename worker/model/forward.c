@@ -152,7 +152,8 @@ int fwd_init(fwd_t *f, const model_t *m, backend_t *be, int block_size, int max_
   f->logits = alloc_act(f, max_logits, c->vocab_size, &rc);
   if (!rc) {
     f->logits_host = malloc(sizeof(float) * (size_t)max_logits * (size_t)c->vocab_size);
-    if (!f->logits_host) rc = STRATA_ENOMEM;
+    f->argmax_host = malloc(sizeof(int32_t) * (size_t)max_logits);
+    if (!f->logits_host || !f->argmax_host) rc = STRATA_ENOMEM;
   }
   if (rc) fwd_deinit(f);
   return rc;
@@ -183,10 +184,17 @@ void fwd_deinit(fwd_t *f) {
     if (bufs[i]) be->ops->free(be, bufs[i]);
   release_weights(f);
   free(f->logits_host);
+  free(f->argmax_host);
   memset(f, 0, sizeof *f);
 }
 
-int fwd_run(fwd_t *f, const be_batch_t *hb) {
+static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int argmax);
+
+int fwd_run(fwd_t *f, const be_batch_t *hb) { return fwd_run_mode(f, hb, 0); }
+
+int fwd_run_argmax(fwd_t *f, const be_batch_t *hb) { return fwd_run_mode(f, hb, 1); }
+
+static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int argmax) {
   const model_cfg_t *c = &f->m->cfg;
   const be_ops_t *op = f->be->ops;
   backend_t *be = f->be;
@@ -252,5 +260,14 @@ int fwd_run(fwd_t *f, const be_batch_t *hb) {
   if (b->n_logits == 0) return op->sync(be);
   op->gather_rows(be, f->lx, f->xb, b->logit_rows, b->n_logits, C);
   op->matmul(be, f->logits, f->lx, &f->w.output, NULL, b->n_logits);
-  return op->to_host_f32(be, f->logits_host, f->logits, (int64_t)b->n_logits * V);
+  if (argmax && op->argmax_rows) return op->argmax_rows(be, f->argmax_host, f->logits, b->n_logits, V);
+  rc = op->to_host_f32(be, f->logits_host, f->logits, (int64_t)b->n_logits * V);
+  for (int r = 0; argmax && !rc && r < b->n_logits; r++) { /* greedy: ties to the lowest id */
+    const float *l = f->logits_host + (size_t)r * V;
+    int best = -1;
+    for (int i = 0; i < V; i++)
+      if (l[i] == l[i] && (best < 0 || l[i] > l[best])) best = i;
+    f->argmax_host[r] = best < 0 ? 0 : best;
+  }
+  return rc;
 }

@@ -34,6 +34,7 @@ typedef struct {
   void *lx;                /* (max_logits, C) rows whose logits are wanted */
   void *logits;            /* (max_logits, V) */
   float *logits_host;      /* (max_logits, V) host */
+  int32_t *argmax_host;    /* (max_logits) host: fwd_run_argmax's token ids */
 } fwd_t;
 
 /* fwd_kv_block_bytes: bytes of one KV block (all layers, K and V) in DTYPE. */
@@ -51,5 +52,10 @@ void fwd_deinit(fwd_t *f);
 /* fwd_run: one forward step over B (host arrays; uploaded here). On return f->logits_host holds
  * (B->n_logits, V) f32 logits, row i for batch row B->logit_rows[i]. */
 int fwd_run(fwd_t *f, const be_batch_t *b);
+
+/* fwd_run_argmax: fwd_run for a step whose every logit row decodes greedily: f->argmax_host gets the
+ * argmax token of each row, and the logits stay on the backend (only ids cross to the host) when it
+ * supports argmax_rows; otherwise the logits come back and the argmax is taken here. */
+int fwd_run_argmax(fwd_t *f, const be_batch_t *b);
 
 #endif

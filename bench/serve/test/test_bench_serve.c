@@ -1,5 +1,6 @@
 /* test_bench_serve.c: unit tests of the serve harness's pure parts: percentiles, durations, arrival
- * plans, request bytes, random variates and SLO/failure accounting. */
+ * plans, request bytes (HTTP and gRPC), random variates, SLO/failure accounting and streams without
+ * text. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -224,10 +225,67 @@ static void test_slo_accounting(void **state) {
   assert_true(fabs(s.slo_attainment - 0.2) < 1e-9);
 }
 
+/* gRPC requests carry the prompt text instead of HTTP bytes; the text is the same words an HTTP
+ * request of the same seed and id would send. */
+static void test_grpc_request(void **state) {
+  (void)state;
+  bs_cfg_t c, gc; /* a workload keeps its config: one each */
+  cfg_init(&c);
+  c.in_lo = 5, c.in_hi = 40;
+  c.num_requests = 3;
+  gc = c;
+  strcpy(gc.grpc, "127.0.0.1:50051");
+  bs_workload_t *hw = bs_workload_new(&c), *gw = bs_workload_new(&gc);
+  for (int i = 0; i < 3; i++) {
+    bs_req_t *h = bs_workload_make(hw, i, 0), *g = bs_workload_make(gw, i, 0);
+    assert_non_null(h);
+    assert_non_null(g);
+    assert_null(g->http);
+    assert_non_null(g->prompt);
+    assert_int_equal(g->grpc_status, -1);
+    assert_int_equal(g->input_len, h->input_len);
+    assert_int_equal(g->output_len, h->output_len);
+    int words = 0, in = 0; /* a naive word count: the prompt is input_len words */
+    for (const char *p = g->prompt; *p; p++) {
+      if (*p != ' ' && !in) words++;
+      in = *p != ' ';
+    }
+    assert_int_equal(words, g->input_len);
+    cJSON *body = cJSON_Parse(strstr(h->http, "\r\n\r\n") + 4);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(body, "prompt")->valuestring, g->prompt);
+    cJSON_Delete(body);
+    bs_req_free(h);
+    bs_req_free(g);
+  }
+  bs_workload_free(hw);
+  bs_workload_free(gw);
+}
+
+/* A stream without text: good when usage counts tokens (first output = end), a failure otherwise. */
+static void test_no_text(void **state) {
+  (void)state;
+  bs_req_t q = {.t_start = 1, .t_end = 3, .usage_completion = 16};
+  assert_int_equal(bs_req_no_text(&q), 0);
+  assert_true(q.t_first == 3 && q.t_last == 3);
+  bs_req_t empty = {.t_start = 1, .t_end = 3, .usage_completion = -1};
+  assert_int_equal(bs_req_no_text(&empty), 1);
+  bs_req_t zero = {.t_start = 1, .t_end = 3, .usage_completion = 0};
+  assert_int_equal(bs_req_no_text(&zero), 1);
+  bs_req_t text = {.t_start = 1, .t_first = 2, .t_end = 3, .n_chunks = 4, .usage_completion = 16};
+  assert_int_equal(bs_req_no_text(&text), 0);
+  assert_true(text.t_first == 2);
+  /* gRPC's published code numbers (grpc/status.h) */
+  assert_string_equal(bs_grpc_status_name(4), "DEADLINE_EXCEEDED");
+  assert_string_equal(bs_grpc_status_name(8), "RESOURCE_EXHAUSTED");
+  assert_string_equal(bs_grpc_status_name(14), "UNAVAILABLE");
+  assert_string_equal(bs_grpc_status_name(16), "UNAUTHENTICATED");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_percentiles), cmocka_unit_test(test_durations), cmocka_unit_test(test_variates),
       cmocka_unit_test(test_arrivals),    cmocka_unit_test(test_request_bytes), cmocka_unit_test(test_slo_accounting),
+      cmocka_unit_test(test_grpc_request), cmocka_unit_test(test_no_text),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -132,6 +132,18 @@ static int cpu_to_host_f32(backend_t *be, float *host_out, const void *x, int64_
   return 0;
 }
 
+/* cpu_argmax_rows: the greedy rule of the sampler (ties to the lowest id, NaN never wins). */
+static int cpu_argmax_rows(backend_t *be, int32_t *host_out, const void *x, int n, int V) {
+  const float *l = x;
+  for (int r = 0; r < n; r++, l += V) {
+    int best = -1;
+    for (int i = 0; i < V; i++)
+      if (l[i] == l[i] && (best < 0 || l[i] > l[best])) best = i;
+    host_out[r] = best < 0 ? 0 : best;
+  }
+  return 0;
+}
+
 static const be_ops_t cpu_ops = {
     .name = "cpu",
     .destroy = backend_cpu_destroy,
@@ -153,6 +165,7 @@ static const be_ops_t cpu_ops = {
     .silu_mul = cpu_silu_mul,
     .gather_rows = cpu_gather_rows,
     .to_host_f32 = cpu_to_host_f32,
+    .argmax_rows = cpu_argmax_rows,
 };
 
 int backend_cpu_create(backend_t **out, int n_threads) {

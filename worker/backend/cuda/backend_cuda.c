@@ -53,6 +53,8 @@ typedef struct {
   cudaEvent_t batch_copied;
   /* to_host_f32 of bf16/f16 activations */
   float *f32_scratch;
+  int32_t *am_dev; /* argmax_rows output, am_cap entries */
+  int am_cap;
   size_t f32_cap;
   /* weight uploads: double-buffered pinned host and device staging */
   void *stage_host[2], *stage_dev[2];
@@ -525,6 +527,7 @@ static int cuda_to_host_f32(backend_t *be, float *host_out, const void *x, int64
     if ((size_t)n > c->f32_cap) {
       if ((rc = cu_ok(cudaStreamSynchronize(c->stream), "logits buffer")) != 0) return rc;
       cudaFree(c->f32_scratch);
+    cudaFree(c->am_dev);
       c->f32_scratch = NULL;
       c->f32_cap = 0;
       if ((rc = cu_ok(cudaMalloc((void **)&c->f32_scratch, (size_t)n * 4), "logits buffer")) != 0) return rc;
@@ -534,6 +537,25 @@ static int cuda_to_host_f32(backend_t *be, float *host_out, const void *x, int64
     src = c->f32_scratch;
   }
   rc = cu_ok(cudaMemcpyAsync(host_out, src, (size_t)n * 4, cudaMemcpyDeviceToHost, c->stream), "logits download");
+  int rs = cuda_sync(be);
+  return rc ? rc : rs;
+}
+
+static int cuda_argmax_rows_op(backend_t *be, int32_t *host_out, const void *x, int n, int V) {
+  cuda_ctx_t *c = ctx_of(be);
+  if (n <= 0) return cuda_sync(be);
+  int rc = step_end(c);
+  if (rc) return rc;
+  if (n > c->am_cap) {
+    if ((rc = cu_ok(cudaStreamSynchronize(c->stream), "argmax buffer")) != 0) return rc;
+    cudaFree(c->am_dev);
+    c->am_dev = NULL;
+    c->am_cap = 0;
+    if ((rc = cu_ok(cudaMalloc((void **)&c->am_dev, (size_t)n * 4), "argmax buffer")) != 0) return rc;
+    c->am_cap = n;
+  }
+  if ((rc = cuda_argmax_rows(c->am_dev, x, n, V, be->act_dtype, c->stream)) != 0) return rc;
+  rc = cu_ok(cudaMemcpyAsync(host_out, c->am_dev, (size_t)n * 4, cudaMemcpyDeviceToHost, c->stream), "argmax download");
   int rs = cuda_sync(be);
   return rc ? rc : rs;
 }
@@ -559,6 +581,7 @@ static const be_ops_t cuda_ops = {
     .silu_mul = cuda_op_silu_mul,
     .gather_rows = cuda_op_gather_rows,
     .to_host_f32 = cuda_to_host_f32,
+    .argmax_rows = cuda_argmax_rows_op,
 };
 
 int backend_cuda_available(void) { return cuda_device_count() > 0; }
