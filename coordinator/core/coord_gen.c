@@ -191,8 +191,8 @@ void coord_backend_init(coord_t *c) { c->backend = (api_backend_t){.self = c, .s
 
 int coord_gen_start(coord_req_t *r, int choice, char *why, size_t why_len) {
   coord_t *c = r->c;
-  const api_choice_req_t *ch = &r->areq.choices[choice];
-  uint64_t id = (r->seq << COORD_CHOICE_BITS) | (uint64_t)choice;
+  const api_choice_req_t *ch = &r->h.areq.choices[choice];
+  uint64_t id = (r->h.seq << COORD_CHOICE_BITS) | (uint64_t)choice;
   int rc = c->backend.submit(c->backend.self, id, ch->ids, ch->n_ids, &ch->sp);
   if (rc) {
     snprintf(why, why_len, "%s", c->last_reason);

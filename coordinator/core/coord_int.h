@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 
 #include "common/api/api.h"
+#include "common/apihttp/api_http.h"
 #include "common/etcd/etcd.h"
 #include "common/http/http.h"
 #include "common/metrics/metrics.h"
@@ -109,15 +110,10 @@ typedef struct coord_gen {
   double t_last_s;        /* time of the last token (0 before the first) */
 } coord_gen_t;
 
+/* One HTTP generation request (through the shared front, common/apihttp). */
 struct coord_req {
+  api_http_req_t h;       /* first: the front casts back */
   coord_t *c;
-  http_request_t *http;
-  uint64_t seq;
-  api_request_t areq;
-  api_session_t *sess;
-  char *out;
-  size_t out_len, out_cap;
-  int stream_begun, paused, finished;
   int n_live;
   coord_gen_t **gens;     /* (n_choices), NULL once the choice is done */
   double t_start_s;
@@ -166,6 +162,7 @@ struct coord {
   chat_template_t *chat;
   api_ctx_t ctx;
   api_backend_t backend;
+  api_http_t front;       /* the HTTP front (set up at the first request) */
   char model_name[256];
   char id[128];
   char last_reason[256]; /* why the last submit found no worker */

@@ -55,20 +55,20 @@ double serve_now_s(void) {
 /* ---- the request map (seq -> request), loop thread only ---- */
 
 void serve_map_put(serve_t *s, serve_req_t *r) {
-  size_t b = r->seq % SERVE_MAP_BUCKETS;
+  size_t b = r->h.seq % SERVE_MAP_BUCKETS;
   r->map_next = s->map[b];
   s->map[b] = r;
 }
 
 serve_req_t *serve_map_get(serve_t *s, uint64_t seq) {
   for (serve_req_t *r = s->map[seq % SERVE_MAP_BUCKETS]; r; r = r->map_next)
-    if (r->seq == seq) return r;
+    if (r->h.seq == seq) return r;
   return NULL;
 }
 
 void serve_map_del(serve_t *s, uint64_t seq) {
   for (serve_req_t **p = &s->map[seq % SERVE_MAP_BUCKETS]; *p; p = &(*p)->map_next)
-    if ((*p)->seq == seq) {
+    if ((*p)->h.seq == seq) {
       *p = (*p)->map_next;
       return;
     }
@@ -148,8 +148,8 @@ static int start_http(serve_t *s) {
   hc.max_body_bytes = (size_t)c->max_body_bytes;
   hc.tls_cert_file = c->tls_cert;
   hc.tls_key_file = c->tls_key;
-  hc.on_request = serve_on_request;
-  hc.data = s;
+  hc.on_request = api_http_on_request;
+  hc.data = &s->front;
   if ((c->tls_cert != NULL) != (c->tls_key != NULL)) {
     log_error("serve: --tls-cert and --tls-key go together (give both for HTTPS, or neither)");
     return STRATA_EINVAL;

@@ -201,7 +201,7 @@ static int parse_generate(serve_t *s, const Strata__V1__GenerateRequest *q, serv
   if ((rc = add_input(o, q, err)) || (rc = add_params(o, q->params, kind, err))) goto fail;
   rc = STRATA_ENOMEM;
   if (!(js = cJSON_PrintUnformatted(o))) goto fail;
-  rc = api_request_parse(&r->areq, &s->ctx, kind, js, strlen(js), err);
+  rc = api_request_parse(&r->h.areq, &s->ctx, kind, js, strlen(js), err);
 fail:
   if (rc == STRATA_ENOMEM && !err->status) api_error_set(err, 500, "internal_error", NULL, "out of memory");
   free(js);
@@ -225,8 +225,8 @@ static int request_id_ok(const char *id, api_error_t *err) {
 
 static void req_free(serve_req_t *r) {
   if (!r) return;
-  api_session_free(r->sess);
-  api_request_free(&r->areq);
+  api_session_free(r->h.sess);
+  api_request_free(&r->h.areq);
   free(r->done);
   free(r->t_last_s);
   free(r);
@@ -247,22 +247,9 @@ static void gen_end(serve_grpc_t *g, serve_grpc_gen_t *gen, grpc_status_code cod
   active_unlink(g, gen);
   pthread_mutex_unlock(&g->mu);
   rpc_server_call_finish(gen->call, code, details);
-  if (gen->in_map) serve_map_del(g->srv, gen->r->seq);
+  if (gen->in_map) serve_map_del(g->srv, gen->r->h.seq);
   req_free(gen->r);
   free(gen);
-}
-
-/* abort_live: cancels the choices still running in the engine (their KV blocks are freed there). */
-static void abort_live(serve_req_t *r, const char *reason) {
-  serve_t *s = r->srv;
-  for (int c = 0; r->done && c < r->areq.n_choices; c++) {
-    if (r->done[c]) continue;
-    r->done[c] = 1;
-    s->backend.abort(s->backend.self, (r->seq << SERVE_CHOICE_BITS) | (uint64_t)c);
-    metrics_counter_add(s->m.success, &reason, 1);
-  }
-  s->n_live -= r->n_live;
-  r->n_live = 0;
 }
 
 /* gen_start: admission (capacity, engine health), the session, and one engine request per choice. */
@@ -274,30 +261,31 @@ static void gen_start(serve_grpc_t *g, serve_grpc_gen_t *gen) {
     gen_end(g, gen, GRPC_STATUS_UNAVAILABLE, "the engine stopped after a fatal error");
     return;
   }
-  if (s->n_live + r->areq.n_choices > s->capacity) {
+  if (s->n_live + r->h.areq.n_choices > s->capacity) {
     snprintf(msg, sizeof msg,
              "The server is at capacity (%d sequences running or queued, --max-queue %d). Retry later.", s->n_live,
              s->conf->max_queue);
     gen_end(g, gen, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
     return;
   }
-  r->seq = s->next_seq++;
+  r->h.seq = s->next_seq++;
   if (!gen->request_id[0])
-    snprintf(gen->request_id, sizeof gen->request_id, "gen-%llu%06llx", (unsigned long long)r->seq,
+    snprintf(gen->request_id, sizeof gen->request_id, "gen-%llu%06llx", (unsigned long long)r->h.seq,
              (unsigned long long)(s->started & 0xffffff));
-  r->done = calloc((size_t)r->areq.n_choices, 1);
-  r->t_last_s = calloc((size_t)r->areq.n_choices, sizeof(double));
-  if (!r->done || !r->t_last_s || api_session_new(&r->sess, &r->areq, &s->ctx, gen->request_id, (int64_t)time(NULL))) {
+  r->done = calloc((size_t)r->h.areq.n_choices, 1);
+  r->t_last_s = calloc((size_t)r->h.areq.n_choices, sizeof(double));
+  if (!r->done || !r->t_last_s ||
+      api_session_new(&r->h.sess, &r->h.areq, &s->ctx, gen->request_id, (int64_t)time(NULL))) {
     gen_end(g, gen, GRPC_STATUS_INTERNAL, "out of memory");
     return;
   }
   serve_map_put(s, r);
   gen->in_map = 1;
-  for (int c = 0; c < r->areq.n_choices; c++) {
-    const api_choice_req_t *ch = &r->areq.choices[c];
-    uint64_t id = (r->seq << SERVE_CHOICE_BITS) | (uint64_t)c;
+  for (int c = 0; c < r->h.areq.n_choices; c++) {
+    const api_choice_req_t *ch = &r->h.areq.choices[c];
+    uint64_t id = (r->h.seq << SERVE_CHOICE_BITS) | (uint64_t)c;
     if (s->backend.submit(s->backend.self, id, ch->ids, ch->n_ids, &ch->sp) != 0) {
-      abort_live(r, "error");
+      serve_req_abort_live(r, "error");
       gen_end(g, gen, GRPC_STATUS_INTERNAL, "out of memory");
       return;
     }
@@ -332,8 +320,8 @@ static void on_wake(struct ev_loop *loop, ev_async *w, int revents) {
   pthread_mutex_unlock(&g->mu);
   while (cancelled) {
     serve_grpc_gen_t *next = cancelled->next_cancel;
-    log_debug("serve: gRPC client of request %llu cancelled; aborting it", (unsigned long long)cancelled->r->seq);
-    abort_live(cancelled->r, "abort");
+    log_debug("serve: gRPC client of request %llu cancelled; aborting it", (unsigned long long)cancelled->r->h.seq);
+    serve_req_abort_live(cancelled->r, "abort");
     gen_end(g, cancelled, GRPC_STATUS_CANCELLED, "cancelled by the client");
     cancelled = next;
   }
@@ -404,26 +392,12 @@ static void on_generate_done(void *arg, rpc_server_call_t *call, int cancelled) 
 
 /* ---- Generate: engine events (loop thread) ---- */
 
-static api_event_t to_api_event(const engine_out_t *o) {
-  api_event_t a = {.has_token = o->has_token, .token = o->token, .logprob = o->sample.logprob,
-                   .finished = o->finished, .n_prompt = o->n_prompt, .n_generated = o->n_generated};
-  a.n_top = o->sample.n_top < API_MAX_TOP_LOGPROBS ? o->sample.n_top : API_MAX_TOP_LOGPROBS;
-  for (int k = 0; k < a.n_top; k++) {
-    a.top[k].id = o->sample.top[k].id;
-    a.top[k].logprob = o->sample.top[k].logprob;
-  }
-  static const api_finish_t map[] = {API_FINISH_NONE, API_FINISH_STOP, API_FINISH_LENGTH, API_FINISH_ABORT,
-                                     API_FINISH_ERROR};
-  a.finish = o->finish >= FINISH_NONE && o->finish <= FINISH_ERROR ? map[o->finish] : API_FINISH_ERROR;
-  return a;
-}
-
 /* send_delta: one GenerateResponse: TEXT (N bytes), the token behind it, and on the last message the
  * finish reason and usage. Returns rpc_server_call_send's result. */
 static int send_delta(serve_grpc_gen_t *gen, int c, const api_event_t *a, const char *text, size_t n,
                       api_finish_t finish) {
   serve_req_t *r = gen->r;
-  const api_sampling_t *sp = &r->areq.choices[c].sp;
+  const api_sampling_t *sp = &r->h.areq.choices[c].sp;
   Strata__V1__GenerateResponse resp = STRATA__V1__GENERATE_RESPONSE__INIT;
   Strata__V1__TokenDelta td = STRATA__V1__TOKEN_DELTA__INIT, *tdp = &td;
   Strata__V1__TopLogprob tops[API_MAX_TOP_LOGPROBS], *topp[API_MAX_TOP_LOGPROBS];
@@ -445,7 +419,7 @@ static int send_delta(serve_grpc_gen_t *gen, int c, const api_event_t *a, const 
         tops[k].has_token_id = tops[k].has_logprob = 1;
         tops[k].token_id = a->top[k].id;
         tops[k].logprob = a->top[k].logprob;
-        api_session_token_text(r->sess, a->top[k].id, top_text[k], sizeof top_text[k]);
+        api_session_token_text(r->h.sess, a->top[k].id, top_text[k], sizeof top_text[k]);
         tops[k].token = top_text[k];
         topp[k] = &tops[k];
       }
@@ -457,7 +431,7 @@ static int send_delta(serve_grpc_gen_t *gen, int c, const api_event_t *a, const 
   }
   if (finish) {
     int p, gtok;
-    api_session_usage(r->sess, &p, &gtok);
+    api_session_usage(r->h.sess, &p, &gtok);
     resp.finish_reason = (char *)api_finish_name(finish);
     usage.has_prompt_tokens = usage.has_completion_tokens = usage.has_cached_prompt_tokens = 1;
     usage.prompt_tokens = (uint32_t)p;
@@ -476,7 +450,7 @@ void serve_grpc_on_event(serve_req_t *r, int c, const engine_event_t *ev, double
   serve_grpc_t *g = s->grpc;
   if (r->done[c]) return;
   if (ev->rejected) {
-    abort_live(r, "error");
+    serve_req_abort_live(r, "error");
     gen_end(g, gen, GRPC_STATUS_INVALID_ARGUMENT, ev->error[0] ? ev->error : "the request cannot be served");
     return;
   }
@@ -486,15 +460,15 @@ void serve_grpc_on_event(serve_req_t *r, int c, const engine_event_t *ev, double
     else metrics_histogram_observe(s->m.itl, NULL, now - r->t_last_s[c]);
     r->t_last_s[c] = now;
   }
-  api_event_t a = to_api_event(&ev->out);
+  api_event_t a = serve_to_api_event(&ev->out);
   const char *text;
   size_t n;
   api_finish_t finish;
-  int flags = api_session_on_event_text(r->sess, c, &a, &text, &n, &finish);
+  int flags = api_session_on_event_text(r->h.sess, c, &a, &text, &n, &finish);
   if (flags < 0) {
-    log_error("serve: gRPC request %llu: cannot format its output (%s)", (unsigned long long)r->seq,
+    log_error("serve: gRPC request %llu: cannot format its output (%s)", (unsigned long long)r->h.seq,
               strata_strerror(flags));
-    abort_live(r, "error");
+    serve_req_abort_live(r, "error");
     gen_end(g, gen, GRPC_STATUS_INTERNAL, "cannot format the output (out of memory)");
     return;
   }
@@ -508,11 +482,11 @@ void serve_grpc_on_event(serve_req_t *r, int c, const engine_event_t *ev, double
   }
   if ((n || a.has_token || finish) && send_delta(gen, c, &a, text, n, finish) != 0) {
     /* the client is gone (or we are out of memory): stop generating for it */
-    abort_live(r, "abort");
+    serve_req_abort_live(r, "abort");
     gen_end(g, gen, GRPC_STATUS_CANCELLED, "the stream ended");
     return;
   }
-  if (api_session_done(r->sess)) {
+  if (api_session_done(r->h.sess)) {
     metrics_histogram_observe(s->m.e2e, NULL, now - r->t_start_s);
     gen_end(g, gen, GRPC_STATUS_OK, NULL);
   }
@@ -648,7 +622,7 @@ void serve_grpc_stop(serve_t *s) {
     serve_grpc_gen_t *gen = g->active;
     pthread_mutex_unlock(&g->mu);
     if (!gen) break;
-    if (gen->in_map) abort_live(gen->r, "abort");
+    if (gen->in_map) serve_req_abort_live(gen->r, "abort");
     gen_end(g, gen, GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
   }
   if (g->rpc) rpc_server_free(g->rpc);

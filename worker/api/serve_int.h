@@ -6,6 +6,7 @@
 #include <ev.h>
 
 #include "common/api/api.h"
+#include "common/apihttp/api_http.h"
 #include "common/http/http.h"
 #include "common/metrics/metrics.h"
 #include "worker/api/serve.h"
@@ -21,21 +22,16 @@ typedef struct serve serve_t;
 typedef struct serve_grpc serve_grpc_t;            /* serve_grpc.c */
 struct serve_grpc_gen;
 
-/* One generation request in flight (owner: the loop thread). */
+/* One generation request in flight (owner: the loop thread). HTTP requests run through the shared
+ * front (common/apihttp); gRPC ones use its fields too (then h.http and h.drv are NULL). */
 typedef struct serve_req {
+  api_http_req_t h;      /* first: the front casts back */
   serve_t *srv;
-  http_request_t *http;
-  uint64_t seq;
-  api_request_t areq;
-  api_session_t *sess;
-  char *out;             /* SSE bytes not handed to the connection yet */
-  size_t out_len, out_cap;
-  int stream_begun, paused, finished;
   int n_live;            /* choices whose engine request may still run */
   unsigned char *done;   /* (n_choices) */
   double t_start_s;
   double *t_last_s;      /* (n_choices) time of the last token, 0 before the first */
-  struct serve_grpc_gen *grpc; /* a gRPC Generate call (then http is NULL), or NULL for HTTP */
+  struct serve_grpc_gen *grpc; /* a gRPC Generate call (then h.http is NULL), or NULL for HTTP */
   struct serve_req *map_next;
 } serve_req_t;
 
@@ -56,6 +52,7 @@ struct serve {
   chat_template_t *chat;
   api_ctx_t ctx;
   api_backend_t backend; /* the engine loop behind common/api's engine interface */
+  api_http_t front;      /* the HTTP front (serve_front_init) */
   char model_name[256];
   int64_t started;
   uint64_t next_seq;
@@ -68,10 +65,15 @@ struct serve {
 };
 
 /* serve_http.c */
-/* serve_backend_init: fills S->backend with submit/abort over S->engine. */
+/* serve_backend_init: fills S->backend with submit/abort over S->engine, and S->front (the HTTP
+ * front's hooks; it points into S, so S must not move). */
 void serve_backend_init(serve_t *s);
-void serve_on_request(http_request_t *req, void *data);
 void serve_on_wake(struct ev_loop *loop, ev_async *w, int revents);
+/* serve_req_abort_live: cancels every choice of R still running in the engine (their KV blocks are
+ * freed there), counting each under REASON; HTTP and gRPC requests alike. */
+void serve_req_abort_live(serve_req_t *r, const char *reason);
+/* serve_to_api_event: an engine output as common/api's event. */
+api_event_t serve_to_api_event(const engine_out_t *o);
 /* serve_grpc.c */
 /* serve_grpc_start: serves strata.v1.Inference on --host:--grpc-port (TLS with --tls-cert/--tls-key)
  * and prints "strata serve: grpc HOST:PORT". Returns 0 or a STRATA_E* code (logged). */
