@@ -93,7 +93,7 @@ int runner_execute(engine_t *e, const sched_out_t *so) {
   build_batch(e, so, &b);
   /* NOTE: a step whose every sampling request is plain greedy takes the argmax on the backend, so
    * only token ids cross to the host (on a GPU the (S, V) logits copy dominates large decode steps). */
-  int all_greedy = 1;
+  int all_greedy = e->be->ops->argmax_rows != NULL;
   for (int i = 0; i < so->n_items && all_greedy; i++)
     if (so->items[i].sample) all_greedy = plain_greedy(so->items[i].req);
   if (all_greedy && b.n_logits > 0) {

@@ -260,14 +260,6 @@ static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int argmax) {
   if (b->n_logits == 0) return op->sync(be);
   op->gather_rows(be, f->lx, f->xb, b->logit_rows, b->n_logits, C);
   op->matmul(be, f->logits, f->lx, &f->w.output, NULL, b->n_logits);
-  if (argmax && op->argmax_rows) return op->argmax_rows(be, f->argmax_host, f->logits, b->n_logits, V);
-  rc = op->to_host_f32(be, f->logits_host, f->logits, (int64_t)b->n_logits * V);
-  for (int r = 0; argmax && !rc && r < b->n_logits; r++) { /* greedy: ties to the lowest id */
-    const float *l = f->logits_host + (size_t)r * V;
-    int best = -1;
-    for (int i = 0; i < V; i++)
-      if (l[i] == l[i] && (best < 0 || l[i] > l[best])) best = i;
-    f->argmax_host[r] = best < 0 ? 0 : best;
-  }
-  return rc;
+  if (argmax) return op->argmax_rows(be, f->argmax_host, f->logits, b->n_logits, V);
+  return op->to_host_f32(be, f->logits_host, f->logits, (int64_t)b->n_logits * V);
 }

@@ -54,8 +54,8 @@ void fwd_deinit(fwd_t *f);
 int fwd_run(fwd_t *f, const be_batch_t *b);
 
 /* fwd_run_argmax: fwd_run for a step whose every logit row decodes greedily: f->argmax_host gets the
- * argmax token of each row, and the logits stay on the backend (only ids cross to the host) when it
- * supports argmax_rows; otherwise the logits come back and the argmax is taken here. */
+ * argmax token of each row and the logits stay on the backend (only ids cross to the host). Only for
+ * backends with the optional argmax_rows op. */
 int fwd_run_argmax(fwd_t *f, const be_batch_t *b);
 
 #endif
