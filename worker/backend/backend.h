@@ -60,6 +60,16 @@ typedef struct {
   size_t block_bytes; /* L * 2 * Hkv * B * D * sizeof(dtype) */
 } be_kv_t;
 
+/* Per-row sampling parameters for sample_rows (see worker/sample/sample.h for the semantics). */
+typedef struct {
+  float temperature; /* > 0 (greedy rows use argmax_rows) */
+  int top_k;         /* <= 0: off */
+  float top_p;       /* 1: off */
+  float min_p;       /* 0: off */
+  uint64_t seed;     /* Philox key */
+  uint64_t position; /* Philox counter: the number of tokens before the one being sampled */
+} be_sample_t;
+
 typedef struct backend backend_t;
 
 typedef struct {
@@ -109,6 +119,11 @@ typedef struct {
    * x(n, V), ties to the lowest id, NaN never wins: greedy decoding without moving logits. Ends the
    * step like to_host_f32. */
   int (*argmax_rows)(backend_t *be, int32_t *host_out, const void *x, int n, int V);
+  /* (optional, default NULL) host_out(n) int32 = the token the host sampler (sampler_sample without
+   * penalties, logprobs or masking) draws from each row of x(n, V) under P[i] (host memory): temperature,
+   * top-k, top-p, min-p, then the Gumbel-max draw keyed by (seed, position). Ends the step like
+   * to_host_f32. */
+  int (*sample_rows)(backend_t *be, int32_t *host_out, const void *x, const be_sample_t *p, int n, int V);
 } be_ops_t;
 
 struct backend {

@@ -188,13 +188,19 @@ void fwd_deinit(fwd_t *f) {
   memset(f, 0, sizeof *f);
 }
 
-static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int argmax);
+enum { FWD_LOGITS = 0, FWD_ARGMAX, FWD_SAMPLE };
 
-int fwd_run(fwd_t *f, const be_batch_t *hb) { return fwd_run_mode(f, hb, 0); }
+static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int mode, const be_sample_t *sp);
 
-int fwd_run_argmax(fwd_t *f, const be_batch_t *hb) { return fwd_run_mode(f, hb, 1); }
+int fwd_run(fwd_t *f, const be_batch_t *hb) { return fwd_run_mode(f, hb, FWD_LOGITS, NULL); }
 
-static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int argmax) {
+int fwd_run_argmax(fwd_t *f, const be_batch_t *hb) { return fwd_run_mode(f, hb, FWD_ARGMAX, NULL); }
+
+int fwd_run_sample(fwd_t *f, const be_batch_t *hb, const be_sample_t *p) {
+  return fwd_run_mode(f, hb, FWD_SAMPLE, p);
+}
+
+static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int mode, const be_sample_t *sp) {
   const model_cfg_t *c = &f->m->cfg;
   const be_ops_t *op = f->be->ops;
   backend_t *be = f->be;
@@ -260,6 +266,7 @@ static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int argmax) {
   if (b->n_logits == 0) return op->sync(be);
   op->gather_rows(be, f->lx, f->xb, b->logit_rows, b->n_logits, C);
   op->matmul(be, f->logits, f->lx, &f->w.output, NULL, b->n_logits);
-  if (argmax) return op->argmax_rows(be, f->argmax_host, f->logits, b->n_logits, V);
+  if (mode == FWD_ARGMAX) return op->argmax_rows(be, f->argmax_host, f->logits, b->n_logits, V);
+  if (mode == FWD_SAMPLE) return op->sample_rows(be, f->argmax_host, f->logits, sp, b->n_logits, V);
   return op->to_host_f32(be, f->logits_host, f->logits, (int64_t)b->n_logits * V);
 }

@@ -34,7 +34,7 @@ typedef struct {
   void *lx;                /* (max_logits, C) rows whose logits are wanted */
   void *logits;            /* (max_logits, V) */
   float *logits_host;      /* (max_logits, V) host */
-  int32_t *argmax_host;    /* (max_logits) host: fwd_run_argmax's token ids */
+  int32_t *argmax_host;    /* (max_logits) host: fwd_run_argmax's / fwd_run_sample's token ids */
 } fwd_t;
 
 /* fwd_kv_block_bytes: bytes of one KV block (all layers, K and V) in DTYPE. */
@@ -57,5 +57,10 @@ int fwd_run(fwd_t *f, const be_batch_t *b);
  * argmax token of each row and the logits stay on the backend (only ids cross to the host). Only for
  * backends with the optional argmax_rows op. */
 int fwd_run_argmax(fwd_t *f, const be_batch_t *b);
+
+/* fwd_run_sample: fwd_run for a step whose logit rows are drawn on the backend with P[i] (host array,
+ * B->n_logits entries; see be_sample_t): f->argmax_host gets the drawn token of each row. Only for
+ * backends with the optional sample_rows op. */
+int fwd_run_sample(fwd_t *f, const be_batch_t *b, const be_sample_t *p);
 
 #endif

@@ -11,6 +11,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "kernels/kernels_cuda.h"
+#include "kernels/kernels_cuda_sample.h"
 
 #define GEMM_CACHE 256                 /* cached cuBLASLt plans, keyed by (N, K, T, dtype) */
 #define GEMM_WORKSPACE (32u << 20)     /* cuBLASLt workspace bytes */
@@ -53,8 +54,11 @@ typedef struct {
   cudaEvent_t batch_copied;
   /* to_host_f32 of bf16/f16 activations */
   float *f32_scratch;
-  int32_t *am_dev; /* argmax_rows output, am_cap entries */
+  int32_t *am_dev; /* argmax_rows / sample_rows output, am_cap entries */
   int am_cap;
+  be_sample_t *sp_dev; /* sample_rows parameters, am_cap entries */
+  void *sample_scratch;
+  size_t sample_scratch_cap;
   size_t f32_cap;
   /* weight uploads: double-buffered pinned host and device staging */
   void *stage_host[2], *stage_dev[2];
@@ -527,7 +531,6 @@ static int cuda_to_host_f32(backend_t *be, float *host_out, const void *x, int64
     if ((size_t)n > c->f32_cap) {
       if ((rc = cu_ok(cudaStreamSynchronize(c->stream), "logits buffer")) != 0) return rc;
       cudaFree(c->f32_scratch);
-    cudaFree(c->am_dev);
       c->f32_scratch = NULL;
       c->f32_cap = 0;
       if ((rc = cu_ok(cudaMalloc((void **)&c->f32_scratch, (size_t)n * 4), "logits buffer")) != 0) return rc;
@@ -541,21 +544,57 @@ static int cuda_to_host_f32(backend_t *be, float *host_out, const void *x, int64
   return rc ? rc : rs;
 }
 
+/* ids_reserve: room for N token ids (and N sampling parameter sets) on the device. */
+static int ids_reserve(cuda_ctx_t *c, int n) {
+  if (n <= c->am_cap) return 0;
+  int rc = cu_ok(cudaStreamSynchronize(c->stream), "token id buffer");
+  if (rc) return rc;
+  cudaFree(c->am_dev);
+  cudaFree(c->sp_dev);
+  c->am_dev = NULL;
+  c->sp_dev = NULL;
+  c->am_cap = 0;
+  if ((rc = cu_ok(cudaMalloc((void **)&c->am_dev, (size_t)n * 4), "token id buffer")) != 0) return rc;
+  if ((rc = cu_ok(cudaMalloc((void **)&c->sp_dev, (size_t)n * sizeof(be_sample_t)), "sampling parameters")) != 0)
+    return rc;
+  c->am_cap = n;
+  return 0;
+}
+
 static int cuda_argmax_rows_op(backend_t *be, int32_t *host_out, const void *x, int n, int V) {
   cuda_ctx_t *c = ctx_of(be);
   if (n <= 0) return cuda_sync(be);
   int rc = step_end(c);
+  if (!rc) rc = ids_reserve(c, n);
   if (rc) return rc;
-  if (n > c->am_cap) {
-    if ((rc = cu_ok(cudaStreamSynchronize(c->stream), "argmax buffer")) != 0) return rc;
-    cudaFree(c->am_dev);
-    c->am_dev = NULL;
-    c->am_cap = 0;
-    if ((rc = cu_ok(cudaMalloc((void **)&c->am_dev, (size_t)n * 4), "argmax buffer")) != 0) return rc;
-    c->am_cap = n;
-  }
   if ((rc = cuda_argmax_rows(c->am_dev, x, n, V, be->act_dtype, c->stream)) != 0) return rc;
   rc = cu_ok(cudaMemcpyAsync(host_out, c->am_dev, (size_t)n * 4, cudaMemcpyDeviceToHost, c->stream), "argmax download");
+  int rs = cuda_sync(be);
+  return rc ? rc : rs;
+}
+
+static int cuda_sample_rows_op(backend_t *be, int32_t *host_out, const void *x, const be_sample_t *p, int n,
+                               int V) {
+  cuda_ctx_t *c = ctx_of(be);
+  if (n <= 0) return cuda_sync(be);
+  int rc = step_end(c);
+  if (!rc) rc = ids_reserve(c, n);
+  if (rc) return rc;
+  size_t need = cuda_sample_scratch_bytes(n, V);
+  if (need > c->sample_scratch_cap) {
+    if ((rc = cu_ok(cudaStreamSynchronize(c->stream), "sampling scratch")) != 0) return rc;
+    cudaFree(c->sample_scratch);
+    c->sample_scratch = NULL;
+    c->sample_scratch_cap = 0;
+    if ((rc = cu_ok(cudaMalloc(&c->sample_scratch, need), "sampling scratch")) != 0) return rc;
+    c->sample_scratch_cap = need;
+  }
+  rc = cu_ok(cudaMemcpyAsync(c->sp_dev, p, (size_t)n * sizeof *p, cudaMemcpyHostToDevice, c->stream),
+             "sampling parameters upload");
+  if (!rc) rc = cuda_sample_rows(c->am_dev, x, c->sp_dev, n, V, be->act_dtype, c->sample_scratch, c->stream);
+  if (!rc)
+    rc = cu_ok(cudaMemcpyAsync(host_out, c->am_dev, (size_t)n * 4, cudaMemcpyDeviceToHost, c->stream),
+               "sampled ids download");
   int rs = cuda_sync(be);
   return rc ? rc : rs;
 }
@@ -582,6 +621,7 @@ static const be_ops_t cuda_ops = {
     .gather_rows = cuda_op_gather_rows,
     .to_host_f32 = cuda_to_host_f32,
     .argmax_rows = cuda_argmax_rows_op,
+    .sample_rows = cuda_sample_rows_op,
 };
 
 int backend_cuda_available(void) { return cuda_device_count() > 0; }
@@ -669,6 +709,9 @@ void backend_cuda_destroy(backend_t *be) {
     cudaFreeHost(c->batch_host);
     cudaFree(c->batch_dev);
     cudaFree(c->f32_scratch);
+    cudaFree(c->am_dev);
+    cudaFree(c->sp_dev);
+    cudaFree(c->sample_scratch);
     for (int i = 0; i < 2; i++) {
       cudaFreeHost(c->stage_host[i]);
       cudaFree(c->stage_dev[i]);
