@@ -209,26 +209,29 @@ static int start_etcd(const cluster_opts_t *o, const char *dir, int *cport, pid_
 }
 
 static int start_coordinator(const cluster_opts_t *o, const char *dir, int etcd_port, int *http_port, int *grpc_port,
-                             const char *worker_bin) {
-  char bin[PATH_MAX], model[PATH_MAX + 8], etcd[32], hp[16], gp[16], log[PATH_MAX], cmd[2 * PATH_MAX + 256];
+                             int *inference_port, const char *worker_bin) {
+  char bin[PATH_MAX], model[PATH_MAX + 8], etcd[32], hp[16], gp[16], ip[16], log[PATH_MAX], cmd[2 * PATH_MAX + 256];
   find_bin("../coordinator/strata-coordinator", "strata-coordinator", bin, sizeof bin);
   *http_port = free_port();
   *grpc_port = free_port();
+  *inference_port = free_port();
   snprintf(model, sizeof model, "%s", o->model);
   snprintf(etcd, sizeof etcd, "127.0.0.1:%d", etcd_port);
   snprintf(hp, sizeof hp, "%d", *http_port);
   snprintf(gp, sizeof gp, "%d", *grpc_port);
+  snprintf(ip, sizeof ip, "%d", *inference_port);
   snprintf(log, sizeof log, "%s/coordinator.log", dir);
   snprintf(cmd, sizeof cmd, "%s --model %s --etcd %s --pool {pool} --grpc-port {port} --id {id} %s", worker_bin, o->model,
            etcd, o->worker_args ? o->worker_args : "");
-  char *argv[] = {bin, "--model", model, "--etcd", etcd, "--port", hp, "--grpc-port", gp, "--actuator",
-                  o->autoscale ? "local" : "none", "--worker-command", cmd, NULL};
-  if (!o->autoscale) argv[9] = NULL;
+  char *argv[] = {bin, "--model", model, "--etcd", etcd, "--port", hp, "--grpc-port", gp, "--inference-grpc-port", ip,
+                  "--actuator", o->autoscale ? "local" : "none", "--worker-command", cmd, NULL};
+  if (!o->autoscale) argv[11] = NULL;
   pid_t pid = spawn(argv, log);
   if (pid < 0) return STRATA_EIO;
   write_file(dir, "coordinator.pid", "%d\n", (int)pid);
   write_file(dir, "coordinator.http", "127.0.0.1:%d\n", *http_port);
   write_file(dir, "coordinator.grpc", "127.0.0.1:%d\n", *grpc_port);
+  write_file(dir, "coordinator.inference", "127.0.0.1:%d\n", *inference_port);
   return 0;
 }
 
@@ -267,10 +270,10 @@ static int cluster_up(const cluster_opts_t *o) {
     return 1;
   }
   find_bin("../worker/node/strata-worker", "strata-worker", worker_bin, sizeof worker_bin);
-  int etcd_port, http_port, grpc_port;
+  int etcd_port, http_port, grpc_port, inference_port;
   pid_t etcd_pid;
   if (start_etcd(o, dir, &etcd_port, &etcd_pid) != 0) goto fail;
-  if (start_coordinator(o, dir, etcd_port, &http_port, &grpc_port, worker_bin) != 0) goto fail;
+  if (start_coordinator(o, dir, etcd_port, &http_port, &grpc_port, &inference_port, worker_bin) != 0) goto fail;
   if (start_workers(o, dir, etcd_port, worker_bin) != 0) goto fail;
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", grpc_port);
@@ -284,7 +287,8 @@ static int cluster_up(const cluster_opts_t *o) {
     goto fail;
   }
   printf("etcd         127.0.0.1:%d\n", etcd_port);
-  printf("coordinator  http://127.0.0.1:%d (OpenAI API)  grpc 127.0.0.1:%d (Admin)\n", http_port, grpc_port);
+  printf("coordinator  http://127.0.0.1:%d (OpenAI API)  grpc 127.0.0.1:%d (Inference)  grpc 127.0.0.1:%d (Admin)\n",
+         http_port, inference_port, grpc_port);
   printf("workers      %d ready (`strata workers`)\n", ready);
   printf("state, logs  %s (`strata cluster down --dir %s` stops everything)\n", dir, dir);
   return 0;

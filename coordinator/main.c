@@ -9,11 +9,12 @@ static void usage(FILE *f, const cfg_option_t *opts) {
   fprintf(f,
           "usage: strata-coordinator --model PATH|dummy:NAME --etcd IP:PORT[,...] [options]\n"
           "\n"
-          "Serves the OpenAI HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics)\n"
-          "and strata.v1.Admin over gRPC; routes each request to a worker registered in etcd under\n"
-          "/strata/<cluster>/workers/ and moves it to another worker if its worker dies. The etcd-elected\n"
-          "leader scales the pools (--actuator). Every option can also be set as STRATA_<NAME> (dashes as\n"
-          "underscores); the command line wins. docs/cluster.md.\n"
+          "Serves the OpenAI HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics),\n"
+          "strata.v1.Inference over gRPC (--inference-grpc-port) and strata.v1.Admin over gRPC (--grpc-port);\n"
+          "--api-key and --tls-cert/--tls-key guard HTTP and Inference. Each request goes to a worker\n"
+          "registered in etcd under /strata/<cluster>/workers/ and moves to another worker if its worker\n"
+          "dies. The etcd-elected leader scales the pools (--actuator). Every option can also be set as\n"
+          "STRATA_<NAME> (dashes as underscores); the command line wins. docs/cluster.md.\n"
           "\noptions:\n");
   cfg_help(opts, f);
 }

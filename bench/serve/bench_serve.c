@@ -229,8 +229,6 @@ static void cfg_defaults(bs_cfg_t *c) {
 /* The rest of parse_args for --grpc: what HTTP-only options mean there, and the metrics URL. */
 static int check_grpc(bs_cfg_t *c, const char *url, const char *murl) {
   const char *why = url ? "--url and --grpc are two targets: choose one"
-                  : c->api_key ? "--api-key is not supported with --grpc yet (common/rpc client streams send no "
-                                 "call metadata); run the server without API keys or bench its HTTP API"
                   : c->insecure ? "--insecure is not supported with --grpc: pass the server's CA with --ca-file"
                   : !c->stream ? "--no-stream does not apply to --grpc (Generate always streams)"
                   : (c->dataset && c->trace) || (c->n_stages && c->concurrency) || (c->rate > 0 && c->concurrency)

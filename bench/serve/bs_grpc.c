@@ -248,8 +248,12 @@ int bs_grpc_send(bs_grpc_t *g, bs_req_t *q) {
   }
   static const rpc_stream_cbs_t cbs = {on_message, on_close};
   rpc_stream_t *s = NULL;
-  int rc = rpc_stream_open(g->rl, g->ch, BS_GRPC_METHOD, &strata__v1__generate_response__descriptor, &req.base, 1,
-                           (int64_t)(cfg->timeout_s * 1000.0), &cbs, c, &s);
+  char auth[300];
+  snprintf(auth, sizeof auth, "Bearer %s", cfg->api_key ? cfg->api_key : "");
+  rpc_md_t md = {"authorization", auth};
+  int rc = rpc_stream_open_md(g->rl, g->ch, BS_GRPC_METHOD, &md, cfg->api_key ? 1 : 0,
+                              &strata__v1__generate_response__descriptor, &req.base, 1,
+                              (int64_t)(cfg->timeout_s * 1000.0), &cbs, c, &s);
   if (rc) { /* no callback will come: the call is ours to free */
     free(c);
     return rc;

@@ -22,7 +22,9 @@ typedef struct etcd_client etcd_client_t;
 typedef struct etcd_watch etcd_watch_t;
 
 typedef enum {
-  ETCD_SESSION_LOST = 1,     /* the session lease expired or vanished: registered keys are gone */
+  /* the session lease lapsed (etcd unreachable for a TTL) or etcd no longer knows it (revoked,
+   * expired): the registered keys may be gone; they are put again as soon as etcd answers */
+  ETCD_SESSION_LOST = 1,
   ETCD_SESSION_RESTORED = 2, /* a new lease was granted and every registered key was put again */
 } etcd_session_event_t;
 
@@ -33,8 +35,9 @@ typedef struct {
   int timeout_ms;         /* deadline of each synchronous call; 0 means 5000 */
   int session_ttl_s;      /* TTL of the lease behind registered keys; 0 means 10 (etcd's floor: 2) */
   /* on_session (optional): session lease lost / restored, on the client thread. LEASE is the lost
-   * lease for LOST and the new one for RESTORED. A worker stops admitting work on LOST and resumes
-   * on RESTORED; it never needs to re-register by itself. */
+   * lease for LOST and the new one for RESTORED. Informational: the client re-registers by itself,
+   * and losing the session says nothing about the caller's own health (a worker keeps serving). Both
+   * transitions are logged by the client, once each. */
   void (*on_session)(void *arg, etcd_session_event_t ev, int64_t lease);
   void *arg;
 } etcd_config_t;
@@ -135,10 +138,16 @@ int etcd_lease_revoke(etcd_client_t *c, int64_t id);
 
 /* etcd_register: put KEY = VALUE under the session lease and keep it there: the lease is granted on
  * first use and kept alive (renewed at a third of the TTL, or at half the remaining time when
- * renewals go unanswered); when it is lost the client reports ETCD_SESSION_LOST, grants a new one
- * and puts every registered key again (ETCD_SESSION_RESTORED). Registering a key again replaces its
- * value. Returns 0 when the key is in etcd, or (while the session is lost) will be put when it is
- * restored; a STRATA_E* code otherwise, and then the key is not registered. */
+ * renewals go unanswered). Outages are ridden out:
+ *  - etcd unreachable past the TTL, or the lease revoked/expired in etcd: ETCD_SESSION_LOST; the
+ *    client retries (backoff up to 2 s) until etcd answers, grants a new lease, puts every key again
+ *    (ETCD_SESSION_RESTORED) and revokes the old lease if it may still exist (etcd re-extends leases
+ *    when it restarts), so a key is back at most ~3 s after etcd serves again;
+ *  - a key deleted or overwritten by someone else while the lease lives (`etcdctl del`): noticed
+ *    after the next answered renewal (within a third of the TTL) and put again; no event.
+ * Registering a key again replaces its value. Returns 0 when the key is in etcd, or (while the
+ * session is lost) will be put when it is restored; a STRATA_E* code otherwise (STRATA_EUNAVAILABLE
+ * when no session exists yet and etcd cannot be reached), and then the key is not registered. */
 int etcd_register(etcd_client_t *c, const char *key, const void *value, size_t n);
 /* etcd_unregister: forget KEY and delete it. STRATA_ENOTFOUND if it was not registered. */
 int etcd_unregister(etcd_client_t *c, const char *key);
@@ -166,8 +175,11 @@ typedef struct {
 typedef struct {
   /* on_events: changes in revision order, each revision exactly once, even across reconnects. */
   void (*on_events)(void *arg, const etcd_event_t *events, size_t n);
-  /* on_reset: the history needed to resume was compacted: KVS is the full current content of the
-   * prefix at REVISION; rebuild from it. Events after REVISION follow through on_events. */
+  /* on_reset: the history needed to resume is gone (compacted, or etcd came back with a store that
+   * went back: restored from a backup, data dir lost): KVS is the full current content of the prefix
+   * at REVISION; rebuild from it (keep live state for keys still there, drop the others). Events
+   * after REVISION follow through on_events. A stream that merely broke (etcd unreachable,
+   * restarted) resumes where it stopped with no reset: keep what you have meanwhile. */
   void (*on_reset)(void *arg, const etcd_kv_t *kvs, size_t n, int64_t revision);
   void *arg;
 } etcd_watch_cbs_t;

@@ -46,6 +46,7 @@ struct etcd_watch {
   rpc_stream_t *s;        /* the live stream, or NULL */
   int n_streams;          /* streams whose on_close has not come yet */
   int need_relist;        /* compacted: re-list before reopening */
+  int resumed;            /* a stream broke: check the store did not go back before resuming */
   int cancel_sent;
   int64_t retry_at_ms;
   int backoff_ms;
@@ -76,6 +77,9 @@ struct etcd_client {
   int64_t ttl_ms;
   int64_t expire_at_ms, next_ka_ms, last_send_ms, retry_at_ms;
   int backoff_ms;
+  int64_t stale_lease;        /* lost while unreachable: revoke once the keys are under a new lease */
+  int64_t lost_at_ms;
+  int check_due;              /* a renewal was answered: verify the registered keys at the next tick */
   etcd_reg_t *regs;
   rpc_stream_t *ka;
   int stopped;                /* ETCD_CMD_STOP ran: streams are being cancelled */

@@ -64,9 +64,9 @@ int etcd_call(etcd_client_t *c, const char *method, const ProtobufCMessage *req,
     backoff = backoff * 2 > 500 ? 500 : backoff * 2;
   }
   if (!atomic_exchange(&c->outage, 1))
-    log_error("etcd: cannot reach etcd (%zu endpoint(s), first %s) within %lld ms: %s (%s); retrying "
-              "quietly until it is back",
-              c->n_endpoints, c->endpoints[0], (long long)budget_ms, rpc_status_name(st.code), st.details);
+    log_warn("etcd: cannot reach etcd (%zu endpoint(s), first %s) within %lld ms: %s (%s); retrying "
+             "quietly until it is back",
+             c->n_endpoints, c->endpoints[0], (long long)budget_ms, rpc_status_name(st.code), st.details);
   return STRATA_EUNAVAILABLE;
 }
 

@@ -1,4 +1,7 @@
-/* etcd_session.c: registered keys under one kept-alive lease, re-put under a new lease when it is lost. */
+/* etcd_session.c: registered keys under one kept-alive lease. The session outlives etcd outages: a
+ * lease that lapsed while etcd was unreachable, or that etcd no longer knows, is replaced and every key
+ * put again as soon as etcd answers; a key deleted behind our back (operator `etcdctl del`) is put
+ * again under the live lease. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,6 +11,7 @@
 #include "common/status.h"
 
 #define M_KEEPALIVE "/etcdserverpb.Lease/LeaseKeepAlive"
+#define M_TTL "/etcdserverpb.Lease/LeaseTimeToLive"
 
 static void sess_set_lease(etcd_client_t *c, int64_t lease) {
   c->lease = lease;
@@ -18,14 +22,24 @@ static void sess_notify(etcd_client_t *c, etcd_session_event_t ev, int64_t lease
   if (c->on_session && !c->stopped) c->on_session(c->arg, ev, lease);
 }
 
-static void sess_lose(etcd_client_t *c, const char *why) {
+/* ACTIVE -> LOST. UNREACHABLE: renewals went unanswered, so etcd may still hold the lease (it
+ * re-extends leases when it restarts): revoke it once the keys are under the new one, or the old
+ * lease would linger for a TTL. Logged here, once per loss; the retries that follow are quiet. */
+static void sess_lose(etcd_client_t *c, int unreachable) {
   int64_t old = c->lease;
   c->sess = ETCD_SESS_LOST;
+  c->stale_lease = unreachable ? old : 0;
   sess_set_lease(c, 0);
   c->retry_at_ms = etcd_now_ms();
   c->backoff_ms = 0;
-  log_warn("etcd: session lease %llx lost (%s); registered keys will be put again under a new lease",
-           (unsigned long long)old, why);
+  c->lost_at_ms = c->retry_at_ms;
+  if (unreachable)
+    log_warn("etcd: unreachable: session lease %llx not renewed for %lld s; the registered keys may expire, "
+             "and will be put again under a new lease as soon as etcd answers",
+             (unsigned long long)old, (long long)(c->ttl_ms / 1000));
+  else
+    log_warn("etcd: session lease %llx is gone (revoked or expired in etcd); putting the registered keys "
+             "again under a new lease", (unsigned long long)old);
   sess_notify(c, ETCD_SESSION_LOST, old);
 }
 
@@ -41,6 +55,7 @@ static int sess_grant(etcd_client_t *c, int64_t budget_ms) {
   /* Counted from before the request: the server's clock started no earlier. */
   c->expire_at_ms = t0 + c->ttl_ms;
   c->next_ka_ms = etcd_now_ms() + c->ttl_ms / 3;
+  c->check_due = 0;
   return 0;
 }
 
@@ -49,19 +64,30 @@ static void ka_on_message(rpc_stream_t *s, const ProtobufCMessage *m, void *arg)
   const Etcdserverpb__LeaseKeepAliveResponse *r = (const Etcdserverpb__LeaseKeepAliveResponse *)m;
   if (s != c->ka || c->sess != ETCD_SESS_ACTIVE || r->id != c->lease) return;
   if (r->ttl <= 0) {
-    sess_lose(c, "etcd no longer knows it: revoked or expired");
+    sess_lose(c, 0);
     return;
   }
+  if (atomic_exchange(&c->outage, 0)) log_info("etcd: reachable again (session lease %llx renewed)",
+                                               (unsigned long long)c->lease);
   c->ttl_ms = r->ttl * 1000;
   c->expire_at_ms = c->last_send_ms + c->ttl_ms;
   c->next_ka_ms = etcd_now_ms() + c->ttl_ms / 3;
+  /* etcd answered: a good moment to verify our keys (an unreachable etcd would block the check). */
+  c->check_due = 1;
 }
 
 static void ka_on_close(rpc_stream_t *s, int rc, const rpc_status_t *st, void *arg) {
   etcd_client_t *c = arg;
   if (c->ka == s) c->ka = NULL;
-  if (rc < 0 && rc != STRATA_ECANCELED)
-    log_debug("etcd: keep-alive stream ended: %s (%s)", rpc_status_name(st->code), st->details);
+  if (rc < 0 && rc != STRATA_ECANCELED) {
+    /* The first sign of an outage for a client that only keeps a session: say so once. */
+    if (!c->stopped && c->sess == ETCD_SESS_ACTIVE && !atomic_exchange(&c->outage, 1))
+      log_warn("etcd: lost the keep-alive stream (%s: %s); renewing quietly until etcd answers (lease %llx "
+               "lasts %lld ms more)", rpc_status_name(st->code), st->details, (unsigned long long)c->lease,
+               (long long)(c->expire_at_ms - etcd_now_ms()));
+    else
+      log_debug("etcd: keep-alive stream ended: %s (%s)", rpc_status_name(st->code), st->details);
+  }
   rpc_stream_release(s);
 }
 
@@ -79,7 +105,7 @@ static void ka_send(etcd_client_t *c, int64_t now) {
     c->ka = NULL;
 }
 
-/* Grant a new lease and put every registered key under it. */
+/* Grant a new lease and put every registered key under it; then drop the lease it replaces. */
 static void sess_restore(etcd_client_t *c, int64_t now) {
   int rc = sess_grant(c, ETCD_LOOP_CALL_MS);
   size_t n = 0;
@@ -94,16 +120,61 @@ static void sess_restore(etcd_client_t *c, int64_t now) {
     c->retry_at_ms = now + c->backoff_ms;
     return;
   }
-  log_info("etcd: session restored under lease %llx; %zu registered key(s) put again",
-           (unsigned long long)c->lease, n);
+  if (c->stale_lease) {
+    /* Its keys moved to the new lease with the puts above, so revoking deletes nothing. If it fails
+     * the old lease simply runs out. */
+    int rrc = etcd_lease_revoke_budget(c, c->stale_lease, ETCD_LOOP_CALL_MS);
+    if (rrc < 0 && rrc != STRATA_ENOTFOUND)
+      log_debug("etcd: could not revoke the replaced lease %llx (%s); it expires by itself",
+                (unsigned long long)c->stale_lease, strata_strerror(rrc));
+    c->stale_lease = 0;
+  }
+  log_info("etcd: registered again under lease %llx (%zu key(s) put) %lld ms after the session was lost",
+           (unsigned long long)c->lease, n, (long long)(etcd_now_ms() - c->lost_at_ms));
   sess_notify(c, ETCD_SESSION_RESTORED, c->lease);
+}
+
+/* Is KEY among the N keys etcd lists under our lease? */
+static int key_listed(const char *key, ProtobufCBinaryData *keys, size_t n) {
+  size_t len = strlen(key);
+  for (size_t i = 0; i < n; i++)
+    if (keys[i].len == len && memcmp(keys[i].data, key, len) == 0) return 1;
+  return 0;
+}
+
+/* Verify that etcd still has every registered key under the live lease; put back those someone
+ * deleted. Errors are ignored: the keep-alive notices an unreachable etcd or a vanished lease. */
+static void sess_check(etcd_client_t *c) {
+  Etcdserverpb__LeaseTimeToLiveRequest req = ETCDSERVERPB__LEASE_TIME_TO_LIVE_REQUEST__INIT;
+  req.id = c->lease;
+  req.keys = 1;
+  ProtobufCMessage *resp = NULL;
+  if (etcd_call(c, M_TTL, &req.base, &etcdserverpb__lease_time_to_live_response__descriptor, &resp,
+                ETCD_LOOP_CALL_MS) < 0)
+    return;
+  Etcdserverpb__LeaseTimeToLiveResponse *r = (Etcdserverpb__LeaseTimeToLiveResponse *)resp;
+  if (r->ttl <= 0) {
+    protobuf_c_message_free_unpacked(resp, NULL);
+    sess_lose(c, 0);
+    return;
+  }
+  for (etcd_reg_t *g = c->regs; g; g = g->next) {
+    if (key_listed(g->key, r->keys, r->n_keys)) continue;
+    log_warn("etcd: registered key %s was deleted or overwritten by someone else; putting it again", g->key);
+    int rc = etcd_put_budget(c, g->key, g->value, g->value_len, c->lease, ETCD_LOOP_CALL_MS, NULL);
+    if (rc == STRATA_ENOTFOUND) {
+      sess_lose(c, 0);
+      break;
+    }
+  }
+  protobuf_c_message_free_unpacked(resp, NULL);
 }
 
 void etcd_session_tick(etcd_client_t *c, int64_t now) {
   if (c->stopped) return;
   if (c->sess == ETCD_SESS_ACTIVE) {
     if (now >= c->expire_at_ms) {
-      sess_lose(c, "not renewed before its TTL ran out; etcd unreachable?");
+      sess_lose(c, 1);
     } else if (now >= c->next_ka_ms) {
       ka_send(c, now);
       /* A third of the TTL normally; half of what is left when renewals go unanswered. */
@@ -111,6 +182,9 @@ void etcd_session_tick(etcd_client_t *c, int64_t now) {
       if (half_left < step) step = half_left;
       if (step < ETCD_TICK_MS) step = ETCD_TICK_MS;
       c->next_ka_ms = now + step;
+    } else if (c->check_due) {
+      c->check_due = 0;
+      if (c->regs) sess_check(c);
     }
   }
   if (c->sess == ETCD_SESS_LOST && now >= c->retry_at_ms) sess_restore(c, now);
@@ -128,7 +202,7 @@ static int sess_register(etcd_client_t *c, etcd_cmd_t *cmd) {
   if (c->sess == ETCD_SESS_ACTIVE) {
     rc = etcd_put_budget(c, cmd->key, cmd->value, cmd->value_len, c->lease, c->timeout_ms, NULL);
     if (rc == STRATA_ENOTFOUND) {
-      sess_lose(c, "etcd no longer knows it: revoked or expired");
+      sess_lose(c, 0);
       rc = 0; /* kept: it is put with the others when the session is restored */
     }
     if (rc < 0) return rc;
@@ -174,7 +248,12 @@ void etcd_session_run_cmd(etcd_client_t *c, etcd_cmd_t *cmd) {
       if (c->sess == ETCD_SESS_ACTIVE) {
         cmd->rc = etcd_lease_revoke_budget(c, c->lease, c->timeout_ms);
         if (cmd->rc == STRATA_ENOTFOUND) cmd->rc = 0;
+      } else if (c->stale_lease) {
+        /* Lost while etcd was away: the keys may still hang on the old lease. */
+        cmd->rc = etcd_lease_revoke_budget(c, c->stale_lease, c->timeout_ms);
+        if (cmd->rc == STRATA_ENOTFOUND) cmd->rc = 0;
       }
+      c->stale_lease = 0;
       while (c->regs) {
         r = c->regs;
         c->regs = r->next;

@@ -1,4 +1,5 @@
-/* etcd_watch.c: prefix watches that resume after broken streams and re-list after compaction. */
+/* etcd_watch.c: prefix watches that resume after broken streams and re-list when the history to resume
+ * from is gone (compacted, or the store itself went back). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -86,6 +87,7 @@ static void watch_on_close(rpc_stream_t *s, int rc, const rpc_status_t *st, void
     w->backoff_ms = etcd_backoff_next(w->backoff_ms);
     w->retry_at_ms = etcd_now_ms() + w->backoff_ms;
     if (rc == STRATA_EUNAVAILABLE) atomic_fetch_add(&w->c->cur, 1);
+    w->resumed = 1;
     log_debug("etcd: watch stream on %s ended (%s: %s); resuming at revision %lld in %d ms", w->key,
               rpc_status_name(st->code), st->details, (long long)w->next_rev, w->backoff_ms);
   }
@@ -104,9 +106,26 @@ static int watch_relist(etcd_watch_t *w) {
   return 0;
 }
 
+/* Before resuming after a broken stream: an etcd restored from a backup, or restarted on an empty data
+ * dir, numbers revisions from a lower point; a watch resumed at our revision would then wait silently
+ * for changes it has long missed. Re-list instead. */
+static int watch_check_store(etcd_watch_t *w) {
+  etcd_kvs_t kvs;
+  int rc = etcd_range(w->c, w->key, w->key_len, NULL, 0, 0, ETCD_LOOP_CALL_MS, &kvs);
+  if (rc < 0) return rc;
+  if (kvs.revision + 1 < w->next_rev) {
+    log_warn("etcd: the store went back from revision %lld to %lld (restored or wiped?); re-listing %s",
+             (long long)(w->next_rev - 1), (long long)kvs.revision, w->key);
+    w->need_relist = 1;
+  }
+  etcd_kvs_free(&kvs);
+  return 0;
+}
+
 static void watch_open(etcd_watch_t *w) {
   etcd_client_t *c = w->c;
-  if (w->need_relist && watch_relist(w) < 0) {
+  if ((w->resumed && w->next_rev > 1 && !w->need_relist && watch_check_store(w) < 0) ||
+      (w->need_relist && watch_relist(w) < 0)) {
     w->backoff_ms = etcd_backoff_next(w->backoff_ms);
     w->retry_at_ms = etcd_now_ms() + w->backoff_ms;
     return;
@@ -130,6 +149,7 @@ static void watch_open(etcd_watch_t *w) {
   w->s = s;
   w->n_streams++;
   w->cancel_sent = 0;
+  w->resumed = 0;
 }
 
 static void watch_free_mem(etcd_watch_t *w) {

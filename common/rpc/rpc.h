@@ -51,6 +51,15 @@ typedef struct {
   int max_recv_bytes;         /* 0: gRPC default (4 MiB) */
   int reconnect_min_ms;       /* 0: 100 ms. Small so a restarted peer is found again quickly */
   int reconnect_max_ms;       /* 0: 1000 ms */
+  /* keepalive_ms > 0: send an HTTP/2 ping after this long without news from the peer (streams
+   * open or not, and with no limit on pings while we send no data), and close the connection,
+   * failing every call on it with UNAVAILABLE, when the ack takes longer than keepalive_timeout_ms
+   * (0: 5000). This is how a hung (SIGSTOPped) or blackholed peer is found: TCP alone keeps such a
+   * connection open for many minutes. The peer must permit the pings: rpc_server_new() servers do;
+   * etcd (grpc-go) allows one per 5 s by default, so leave this 0 for etcd channels. gRPC 1.51
+   * sends at most one ping a second, whatever keepalive_ms says. */
+  int keepalive_ms;
+  int keepalive_timeout_ms;
 } rpc_channel_opts_t;
 
 /* rpc_channel_new: a channel to TARGET ("127.0.0.1:50051"; prefer IP literals, see stack.md §8).
@@ -111,6 +120,22 @@ int rpc_stream_open(rpc_loop_t *loop, grpc_channel *ch, const char *method,
                     const ProtobufCMessageDescriptor *resp_desc, const ProtobufCMessage *first,
                     int half_close, int64_t timeout_ms, const rpc_stream_cbs_t *cbs, void *arg,
                     rpc_stream_t **out);
+/* One client metadata entry (a request header) for rpc_stream_open_md. */
+typedef struct {
+  const char *key;   /* lower case, legal as an HTTP/2 header name; not a "grpc-" reserved name */
+  const char *value; /* printable ASCII unless KEY ends in "-bin" */
+} rpc_md_t;
+
+/* rpc_stream_open_md: rpc_stream_open with N_MD metadata entries MD (for example
+ * {"authorization", "Bearer KEY"}) sent as the call's initial metadata. MD is copied: it need not
+ * outlive the call. Returns what rpc_stream_open returns, and STRATA_EINVAL (no callback will come)
+ * for a key or value gRPC would refuse to send. */
+int rpc_stream_open_md(rpc_loop_t *loop, grpc_channel *ch, const char *method, const rpc_md_t *md, size_t n_md,
+                       const ProtobufCMessageDescriptor *resp_desc, const ProtobufCMessage *first,
+                       int half_close, int64_t timeout_ms, const rpc_stream_cbs_t *cbs, void *arg,
+                       rpc_stream_t **out);
+#define RPC_HAVE_STREAM_METADATA 1
+
 /* rpc_stream_send: queue MSG (packed now, sent in order, one in flight). Returns 0, STRATA_ECLOSED
  * after the stream ended or was half-closed, STRATA_ENOMEM. Any thread, while holding a reference. */
 int rpc_stream_send(rpc_stream_t *s, const ProtobufCMessage *msg);
@@ -165,6 +190,8 @@ int rpc_server_call_cancelled(rpc_server_call_t *call);
  * hold on CALL; CALL must not be used afterwards. Thread-safe. */
 void rpc_server_call_finish(rpc_server_call_t *call, grpc_status_code code, const char *details);
 
+#define RPC_SERVER_MIN_PING_MS 500
+
 typedef struct {
   const char *addr;       /* "127.0.0.1:0" picks a free port */
   const char *cert_file;  /* PEM certificate chain and key: TLS when both set */
@@ -173,8 +200,11 @@ typedef struct {
 } rpc_server_opts_t;
 
 /* rpc_server_new: bind, start, and serve METHODS (the array must outlive the server) on a new
- * completion-queue thread. Unknown methods get UNIMPLEMENTED. Returns 0 and *OUT, STRATA_EIO when
- * the address cannot be bound or the TLS files cannot be read, STRATA_ENOMEM, STRATA_EINVAL. */
+ * completion-queue thread. Unknown methods get UNIMPLEMENTED. The server accepts keepalive pings
+ * from clients as often as every RPC_SERVER_MIN_PING_MS, with or without calls open, and never
+ * closes a connection for pinging too often (rpc_channel_new's keepalive_ms relies on it).
+ * Returns 0 and *OUT, STRATA_EIO when the address cannot be bound or the TLS files cannot be read,
+ * STRATA_ENOMEM, STRATA_EINVAL. */
 int rpc_server_new(const rpc_server_opts_t *opts, const rpc_method_t *methods, size_t n_methods,
                    rpc_server_t **out);
 /* rpc_server_port: the bound port. */

@@ -104,10 +104,12 @@ int rpc_channel_new(const char *target, const rpc_channel_opts_t *opts, grpc_cha
     creds = grpc_insecure_credentials_create();
   }
   if (!creds) return STRATA_ENOMEM;
-  grpc_arg args[4];
+  grpc_arg args[8];
   size_t n_args = 0;
   char k_min[] = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, k_init[] = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
   char k_max[] = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, k_recv[] = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+  char k_ka[] = GRPC_ARG_KEEPALIVE_TIME_MS, k_ka_to[] = GRPC_ARG_KEEPALIVE_TIMEOUT_MS;
+  char k_ka_idle[] = GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, k_pings[] = GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA;
   int min_ms = opts->reconnect_min_ms > 0 ? opts->reconnect_min_ms : 100;
   int max_ms = opts->reconnect_max_ms > 0 ? opts->reconnect_max_ms : 1000;
   /* NOTE: gRPC's default reconnect backoff grows to 120 s; a restarted etcd or worker would then
@@ -117,6 +119,15 @@ int rpc_channel_new(const char *target, const rpc_channel_opts_t *opts, grpc_cha
   args[n_args++] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = k_max, .value.integer = max_ms};
   if (opts->max_recv_bytes > 0)
     args[n_args++] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = k_recv, .value.integer = opts->max_recv_bytes};
+  if (opts->keepalive_ms > 0) {
+    int to_ms = opts->keepalive_timeout_ms > 0 ? opts->keepalive_timeout_ms : 5000;
+    args[n_args++] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = k_ka, .value.integer = opts->keepalive_ms};
+    args[n_args++] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = k_ka_to, .value.integer = to_ms};
+    args[n_args++] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = k_ka_idle, .value.integer = 1};
+    /* NOTE: by default a client sends only 2 pings until it sends data again; on a server-streaming
+     * call the client sends nothing after the request, so keepalive would stop after two pings. */
+    args[n_args++] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = k_pings, .value.integer = 0};
+  }
   grpc_channel_args ca = {.num_args = n_args, .args = args};
   *out = grpc_channel_create(target, creds, &ca);
   grpc_channel_credentials_release(creds);

@@ -112,6 +112,8 @@ struct rpc_stream {
   grpc_status_code code;
   grpc_slice details;
   const char *err_string;
+  grpc_metadata *md_send;  /* (n_md_send) the call's initial metadata, kept until the stream dies */
+  size_t n_md_send;
   rpc_stream_op_t op_send, op_md, op_recv, op_status;
 };
 
@@ -124,6 +126,11 @@ static void rpc_stream_destroy(rpc_stream_t *s) {
   grpc_metadata_array_destroy(&s->md_trail);
   grpc_slice_unref(s->details);
   if (s->err_string) gpr_free((void *)s->err_string);
+  for (size_t i = 0; i < s->n_md_send; i++) {
+    grpc_slice_unref(s->md_send[i].key);
+    grpc_slice_unref(s->md_send[i].value);
+  }
+  free(s->md_send);
   if (s->call) grpc_call_unref(s->call);
   pthread_mutex_destroy(&s->mu);
   free(s);
@@ -252,7 +259,9 @@ static int rpc_stream_begin(rpc_stream_t *s, const ProtobufCMessage *first, int 
   grpc_op ops[3];
   memset(ops, 0, sizeof(ops));
   size_t n = 0;
-  ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+  ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+  ops[n].data.send_initial_metadata.count = s->n_md_send;
+  ops[n++].data.send_initial_metadata.metadata = s->md_send;
   if (first) {
     s->send_bb = rpc_pack(first);
     if (!s->send_bb) return STRATA_ENOMEM;
@@ -279,10 +288,40 @@ static int rpc_stream_begin(rpc_stream_t *s, const ProtobufCMessage *first, int 
   return rpc_stream_start(s, ops, 1, &s->op_md);
 }
 
+/* rpc_stream_copy_md: copies MD into S as gRPC metadata. Returns 0, STRATA_EINVAL, STRATA_ENOMEM. */
+static int rpc_stream_copy_md(rpc_stream_t *s, const char *method, const rpc_md_t *md, size_t n_md) {
+  if (n_md == 0) return 0;
+  if (!(s->md_send = calloc(n_md, sizeof(*s->md_send)))) return STRATA_ENOMEM;
+  for (size_t i = 0; i < n_md; i++) {
+    if (!md[i].key || !md[i].value) {
+      log_error("rpc: %s: metadata entry %zu has no key or value", method, i);
+      return STRATA_EINVAL;
+    }
+    grpc_metadata *e = &s->md_send[s->n_md_send++];
+    e->key = grpc_slice_from_copied_string(md[i].key);
+    e->value = grpc_slice_from_copied_string(md[i].value);
+    /* NOTE: gRPC fails the whole call on an illegal header, after the fact and without saying why. */
+    if (!grpc_header_key_is_legal(e->key) || strncmp(md[i].key, "grpc-", 5) == 0 ||
+        (!grpc_is_binary_header(e->key) && !grpc_header_nonbin_value_is_legal(e->value))) {
+      log_error("rpc: %s: metadata '%s' is not a legal lower-case header name with a printable value", method,
+                md[i].key);
+      return STRATA_EINVAL;
+    }
+  }
+  return 0;
+}
+
 int rpc_stream_open(rpc_loop_t *loop, grpc_channel *ch, const char *method,
                     const ProtobufCMessageDescriptor *resp_desc, const ProtobufCMessage *first,
                     int half_close, int64_t timeout_ms, const rpc_stream_cbs_t *cbs, void *arg,
                     rpc_stream_t **out) {
+  return rpc_stream_open_md(loop, ch, method, NULL, 0, resp_desc, first, half_close, timeout_ms, cbs, arg, out);
+}
+
+int rpc_stream_open_md(rpc_loop_t *loop, grpc_channel *ch, const char *method, const rpc_md_t *md, size_t n_md,
+                       const ProtobufCMessageDescriptor *resp_desc, const ProtobufCMessage *first,
+                       int half_close, int64_t timeout_ms, const rpc_stream_cbs_t *cbs, void *arg,
+                       rpc_stream_t **out) {
   *out = NULL;
   rpc_stream_t *s = calloc(1, sizeof(*s));
   if (!s) return STRATA_ENOMEM;
@@ -298,6 +337,11 @@ int rpc_stream_open(rpc_loop_t *loop, grpc_channel *ch, const char *method,
   s->op_md = (rpc_stream_op_t){{rpc_stream_md_done}, s};
   s->op_recv = (rpc_stream_op_t){{rpc_stream_recv_done}, s};
   s->op_status = (rpc_stream_op_t){{rpc_stream_status_done}, s};
+  int rc = rpc_stream_copy_md(s, method, md, n_md);
+  if (rc < 0) {
+    rpc_stream_destroy(s);
+    return rc;
+  }
   grpc_slice path = grpc_slice_from_copied_string(method);
   s->call = grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, rpc_loop_cq(loop), path, NULL,
                                      rpc_deadline_ms(timeout_ms), NULL);
@@ -307,7 +351,7 @@ int rpc_stream_open(rpc_loop_t *loop, grpc_channel *ch, const char *method,
     return STRATA_ENOMEM;
   }
   pthread_mutex_lock(&s->mu);
-  int rc = rpc_stream_begin(s, first, half_close);
+  rc = rpc_stream_begin(s, first, half_close);
   if (rc < 0 && s->pending_ops > 0) {
     /* Some batches started: they will complete once cancelled, then the stream frees itself. */
     s->owner_ref = 0;

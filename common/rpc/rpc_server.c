@@ -375,9 +375,16 @@ int rpc_server_new(const rpc_server_opts_t *opts, const rpc_method_t *methods, s
   if (!creds) goto fail;
   /* NOTE: SO_REUSEPORT off: two servers on one port would silently split the connections. */
   char k_recv[] = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, k_reuse[] = GRPC_ARG_ALLOW_REUSEPORT;
-  grpc_arg argv[2] = {{.type = GRPC_ARG_INTEGER, .key = k_reuse, .value.integer = 0},
+  char k_ping[] = GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, k_strikes[] = GRPC_ARG_HTTP2_MAX_PING_STRIKES;
+  char k_idle[] = GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS;
+  /* NOTE: gRPC servers answer a client pinging more often than every 5 min (without data) with
+   * GOAWAY "too_many_pings"; our clients ping every few seconds to find hung peers (rpc.h). */
+  grpc_arg argv[5] = {{.type = GRPC_ARG_INTEGER, .key = k_reuse, .value.integer = 0},
+                      {.type = GRPC_ARG_INTEGER, .key = k_ping, .value.integer = RPC_SERVER_MIN_PING_MS},
+                      {.type = GRPC_ARG_INTEGER, .key = k_strikes, .value.integer = 0},
+                      {.type = GRPC_ARG_INTEGER, .key = k_idle, .value.integer = 1},
                       {.type = GRPC_ARG_INTEGER, .key = k_recv, .value.integer = opts->max_recv_bytes}};
-  grpc_channel_args args = {.num_args = opts->max_recv_bytes > 0 ? 2 : 1, .args = argv};
+  grpc_channel_args args = {.num_args = opts->max_recv_bytes > 0 ? 5 : 4, .args = argv};
   srv->server = grpc_server_create(&args, NULL);
   if ((rc = rpc_loop_new(NULL, NULL, 0, &srv->loop)) < 0) goto fail_creds;
   grpc_server_register_completion_queue(srv->server, rpc_loop_cq(srv->loop), NULL);

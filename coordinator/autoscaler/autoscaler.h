@@ -36,6 +36,8 @@ typedef struct {
   int gpu_budget;             /* 0: no cap; else replicas * gpus_per_replica never exceeds it */
   autoscale_mode_t mode;      /* active */
   int interval_s;             /* 10: how often the leader decides */
+  int latency_window_s;       /* 60: TTFT/ITL p90 are over requests that finished this recently, and
+                               * scale-down looks at the mean queue and KV use over this span */
 } autoscale_policy_t;
 
 /* autoscale_policy_defaults: fills P with the documented defaults. */
@@ -99,13 +101,22 @@ const char *autoscale_reason_name(autoscale_reason_t r);
  * (no traffic), which counts as comfortably low only while nothing is queued or running. */
 typedef struct {
   double now_s;        /* monotonic seconds (the fake clock in tests) */
-  double ttft_p90_ms;  /* NAN when unknown */
-  double itl_p90_ms;   /* NAN when unknown */
+  double ttft_p90_ms;  /* over requests that finished within the policy's latency_window_s; NAN: none */
+  double itl_p90_ms;   /* likewise; NAN when unknown */
   int n_queued;        /* requests waiting across the pool (coordinator and worker queues) */
   int n_running;       /* requests being generated across the pool */
   double kv_usage;     /* mean over ready replicas, 0..1; NAN when unknown */
   int ready_replicas;  /* replicas registered and admitting work */
 } autoscale_sample_t;
+
+/* Samples remembered for the smoothed (scale-down) view of the load signals. */
+#define AUTOSCALE_HISTORY 256
+
+typedef struct {
+  double t_s;
+  int n_queued;
+  double kv_usage; /* NAN when unknown */
+} autoscale_hist_t;
 
 /* What the autoscaler remembers between decisions. Caller-owned plain data: zero it with
  * autoscale_state_init(); to undo a decision whose actuation failed, keep the previous state. */
@@ -118,6 +129,10 @@ typedef struct {
   int up_target;            /* smallest replica count recommended since up_since_s; 0: no run */
   double down_since_s;      /* a scale-down recommendation has held since then (down_target >= 0) */
   int down_target;          /* largest replica count recommended since down_since_s; -1: no run */
+  /* The last AUTOSCALE_HISTORY samples (a ring; i_hist is the next slot). Kept across changes: the
+   * load just before a scale-up is exactly what must keep the pool from shrinking right after it. */
+  autoscale_hist_t hist[AUTOSCALE_HISTORY];
+  int n_hist, i_hist;
 } autoscale_state_t;
 
 void autoscale_state_init(autoscale_state_t *s);
@@ -130,7 +145,8 @@ typedef struct {
   autoscale_reason_t reason; /* why desired is what it is */
   autoscale_reason_t signal; /* the signal behind the recommendation (a *_ABOVE_TARGET, BELOW_TARGETS
                               * or WITHIN_TARGETS) */
-  double signal_ratio;       /* the largest observed/target ratio among enabled signals */
+  double signal_ratio;       /* the largest observed/target ratio among enabled signals (this sample) */
+  double queue_mean;         /* mean queued requests over the latency window (the scale-down view) */
   bool actuate;              /* desired != current and mode is active */
   /* In observe mode: what active mode would have done. Otherwise equal to desired/reason. */
   int would_be_replicas;
@@ -145,7 +161,9 @@ typedef struct {
  *  - current outside [min, min(max, budget cap)]: move to the bound at once (operator intent).
  *  - any enabled signal above its target: recommend current * worst ratio (rounded up), at least +1
  *    and at most +scale_up_step, capped by max and the GPU budget.
- *  - all signals below half their targets: recommend current - scale_down_step (not below min).
+ *  - all signals below half their targets, queue and KV use taken as their means over the policy's
+ *    latency_window_s (the samples this state remembers), latencies as given: recommend
+ *    current - scale_down_step (not below min). A burst in that span keeps the pool up.
  *  - a recommendation acts only after it has held for the whole window (continuously; the smallest
  *    up / largest down count seen in that time is used), outside the cooldown after any change, and a
  *    scale-up waits while fewer replicas are ready than exist.

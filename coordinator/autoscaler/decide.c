@@ -58,30 +58,91 @@ static void consider(signals_t *s, autoscale_reason_t code, const char *label, c
   }
 }
 
-static void read_signals(const autoscale_policy_t *p, int current, const autoscale_sample_t *x, signals_t *s) {
+/* The load values one view of the signals uses: this sample's, or the smoothed ones. */
+typedef struct {
+  double n_queued;  /* requests waiting across the pool */
+  double kv_usage;  /* NAN when unknown */
+  const char *tag;  /* "" or " (mean over 60s)": shown after queue and KV values */
+} load_view_t;
+
+static void read_signals(const autoscale_policy_t *p, int current, const autoscale_sample_t *x,
+                         const load_view_t *v, signals_t *s) {
   memset(s, 0, sizeof(*s));
   s->ratio = -1;
   s->signal = AUTOSCALE_REASON_WITHIN_TARGETS;
   bool traffic = x->n_queued + x->n_running > 0;
+  char qlabel[64], kvlabel[64];
+  snprintf(qlabel, sizeof(qlabel), "queue per replica%s", v->tag);
+  snprintf(kvlabel, sizeof(kvlabel), "kv usage%s", v->tag);
   consider(s, AUTOSCALE_REASON_TTFT_ABOVE_TARGET, "ttft p90", " ms", x->ttft_p90_ms, p->ttft_p90_ms, traffic);
   consider(s, AUTOSCALE_REASON_ITL_ABOVE_TARGET, "itl p90", " ms", x->itl_p90_ms, p->itl_p90_ms, traffic);
   if (p->queue_per_replica > 0) {
     int ready = x->ready_replicas < current ? x->ready_replicas : current;
     /* NOTE: with no ready replica any queued request is infinitely far above target (scale from zero). */
-    double q = ready > 0 ? (double)x->n_queued / ready : (x->n_queued > 0 ? INFINITY : 0);
-    consider(s, AUTOSCALE_REASON_QUEUE_ABOVE_TARGET, "queue per replica", "", q, p->queue_per_replica, traffic);
+    double q = ready > 0 ? v->n_queued / ready : (v->n_queued > 0 ? INFINITY : 0);
+    consider(s, AUTOSCALE_REASON_QUEUE_ABOVE_TARGET, qlabel, "", q, p->queue_per_replica, traffic);
   }
-  consider(s, AUTOSCALE_REASON_KV_ABOVE_TARGET, "kv usage", "", x->kv_usage, p->kv_usage, traffic);
+  consider(s, AUTOSCALE_REASON_KV_ABOVE_TARGET, kvlabel, "", v->kv_usage, p->kv_usage, traffic);
   if (s->ratio < 0) s->ratio = 0; /* no signal enabled or known */
   if (s->n_enabled == 0) {
     snprintf(s->what, sizeof(s->what), "no signal has a target");
   } else if (s->ratio <= 1 && !s->unknown && s->ratio < DOWN_FRACTION) {
     s->signal = AUTOSCALE_REASON_BELOW_TARGETS;
-    snprintf(s->what, sizeof(s->what), "all signals below %g%% of target", DOWN_FRACTION * 100);
+    snprintf(s->what, sizeof(s->what), "all signals below %g%% of target%s", DOWN_FRACTION * 100, v->tag);
   } else if (s->ratio <= 1) {
     s->signal = AUTOSCALE_REASON_WITHIN_TARGETS;
-    snprintf(s->what, sizeof(s->what), "%s", s->unknown ? "some signals unknown under traffic" : "within targets");
+    if (s->unknown) snprintf(s->what, sizeof(s->what), "some signals unknown under traffic");
+    /* else WHAT names the worst signal: "queue per replica 2.5 <= target 4" */
   }
+}
+
+/* remember: appends sample X to the history ring of ST. */
+static void remember(autoscale_state_t *st, const autoscale_sample_t *x) {
+  st->hist[st->i_hist] = (autoscale_hist_t){.t_s = x->now_s, .n_queued = x->n_queued, .kv_usage = x->kv_usage};
+  st->i_hist = (st->i_hist + 1) % AUTOSCALE_HISTORY;
+  if (st->n_hist < AUTOSCALE_HISTORY) st->n_hist++;
+}
+
+/* smoothed: the mean queue and KV use over the samples of the last latency_window_s (the current one
+ * included, as remember() stored it). A sample from a clock that went backwards counts as recent. */
+static void smoothed(const autoscale_policy_t *p, const autoscale_state_t *st, double now, load_view_t *v) {
+  double q = 0, kv = 0;
+  int n_q = 0, n_kv = 0;
+  for (int k = 0; k < st->n_hist; k++) {
+    const autoscale_hist_t *h = &st->hist[(st->i_hist - 1 - k + AUTOSCALE_HISTORY) % AUTOSCALE_HISTORY];
+    if (now - h->t_s > p->latency_window_s) break; /* newest first: the rest are older still */
+    q += h->n_queued;
+    n_q++;
+    if (!isnan(h->kv_usage)) {
+      kv += h->kv_usage;
+      n_kv++;
+    }
+  }
+  v->n_queued = n_q ? q / n_q : 0;
+  v->kv_usage = n_kv ? kv / n_kv : NAN;
+}
+
+/* read_views: the signals as scale-up sees them (this sample: react to what is happening now) into
+ * S, unless scale-down would act on them, which needs the smoothed view to agree (queue and KV use
+ * low over the whole latency window: a gap between bursts is not an idle pool). */
+static void read_views(const autoscale_policy_t *p, int current, const autoscale_sample_t *x, const autoscale_state_t *st,
+                       signals_t *s, double *queue_mean) {
+  load_view_t now_view = {.n_queued = x->n_queued, .kv_usage = x->kv_usage, .tag = ""};
+  read_signals(p, current, x, &now_view, s);
+  char tag[40];
+  snprintf(tag, sizeof(tag), " (mean over %ds)", p->latency_window_s);
+  load_view_t mean_view = {.tag = tag};
+  smoothed(p, st, x->now_s, &mean_view);
+  *queue_mean = mean_view.n_queued;
+  if (s->signal != AUTOSCALE_REASON_BELOW_TARGETS) return;
+  signals_t m;
+  read_signals(p, current, x, &mean_view, &m);
+  if (m.signal == AUTOSCALE_REASON_BELOW_TARGETS) {
+    *s = m;
+    return;
+  }
+  s->signal = AUTOSCALE_REASON_WITHIN_TARGETS;
+  snprintf(s->what, sizeof(s->what), "low now, but %.110s", m.what);
 }
 
 /* replica_cap: max_replicas, lowered by the GPU budget; *BY_BUDGET says which bound binds. */
@@ -224,8 +285,9 @@ int autoscale_decide(const autoscale_policy_t *p, const autoscale_state_t *in, i
   st.seen = true;
   st.last_replicas = current;
 
+  remember(&st, x);
   signals_t s;
-  read_signals(p, current, x, &s);
+  read_views(p, current, x, &st, &s, &d->queue_mean);
   d->signal = s.signal;
   d->signal_ratio = s.ratio;
   bool by_budget;

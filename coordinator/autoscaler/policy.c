@@ -42,6 +42,7 @@ static const field_t fields[] = {
     F_INT(gpu_budget, 0, 1000000),
     {"mode", FIELD_MODE, offsetof(autoscale_policy_t, mode), 0, 1},
     F_INT(interval_s, 1, 3600),
+    F_INT(latency_window_s, 1, 3600),
 };
 #define N_FIELDS (sizeof(fields) / sizeof(fields[0]))
 
@@ -75,6 +76,7 @@ void autoscale_policy_defaults(autoscale_policy_t *p) {
       .gpu_budget = 0,
       .mode = AUTOSCALE_MODE_ACTIVE,
       .interval_s = 10,
+      .latency_window_s = 60,
   };
 }
 

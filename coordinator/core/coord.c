@@ -1,6 +1,6 @@
-/* coord.c: strata-coordinator: the option table, set-up (tokenizer, etcd watch, HTTP, Admin gRPC,
- * leader thread), the inbox that carries other threads' input into the loop, the periodic tick and
- * shutdown. */
+/* coord.c: strata-coordinator: the option table, set-up (tokenizer, etcd watch, HTTP, Inference and
+ * Admin gRPC, leader thread), the inbox that carries other threads' input into the loop, the periodic
+ * tick and shutdown. */
 #include "coordinator/core/coord.h"
 
 #include <stdio.h>
@@ -24,12 +24,21 @@ static const cfg_option_t g_options[] = {
     CFG_STRING("host", coord_conf_t, host, "127.0.0.1", 0, "Address HTTP and gRPC listen on (0.0.0.0 for all)"),
     CFG_INT("port", coord_conf_t, port, "8000", 0, 65535, 0, "HTTP port (0 picks a free one)"),
     CFG_INT("grpc-port", coord_conf_t, grpc_port, "50052", 0, 65535, 0, "Admin gRPC port (0 picks a free one)"),
+    CFG_INT("inference-grpc-port", coord_conf_t, inference_grpc_port, "50051", -1, 65535, 0,
+            "gRPC port of the strata.v1.Inference API (0 picks a free one, -1 disables it)"),
+    CFG_LIST("api-key", coord_conf_t, api_keys, NULL, CFG_SECRET,
+             "Bearer token clients must send on /v1 and on gRPC Inference calls (repeat, or a comma list)"),
+    CFG_STRING("tls-cert", coord_conf_t, tls_cert, NULL, 0,
+               "PEM certificate chain (with --tls-key: HTTPS, and TLS on the Inference gRPC port)"),
+    CFG_STRING("tls-key", coord_conf_t, tls_key, NULL, 0, "PEM private key"),
     CFG_FLOAT("overlap-weight", coord_conf_t, overlap_weight, "1.0", 0.0, ROUTER_WEIGHT_MAX, 0,
               "Router: cost of one uncached prompt block (docs/routing.md)"),
     CFG_FLOAT("queue-weight", coord_conf_t, queue_weight, "1.0", 0.0, ROUTER_WEIGHT_MAX, 0,
               "Router: cost of one waiting request, in blocks"),
     CFG_INT("migration-limit", coord_conf_t, migration_limit, "3", 0, 100, 0,
             "Times one request may move to another worker after its worker broke"),
+    CFG_INT("stall-timeout-ms", coord_conf_t, stall_timeout_ms, "15000", 0, 3600000, 0,
+            "Move a request whose worker sent nothing for this long while not reporting busy (0: never)"),
     CFG_INT("max-model-len", coord_conf_t, max_model_len, "2048", 16, 1 << 24, 0,
             "Context length requests are checked against (workers check their own)"),
     CFG_INT("max-n", coord_conf_t, max_n, "16", 1, COORD_MAX_CHOICES, 0, "Choices per request at most (n x prompts)"),
@@ -42,6 +51,8 @@ static const cfg_option_t g_options[] = {
                "local actuator: worker command template ({pool} {port} {id} {index}; see actuator.h)"),
     CFG_STRING("k8s-api-server", coord_conf_t, k8s_api_server, NULL, 0, "kubernetes actuator: API server URL"),
     CFG_STRING("k8s-namespace", coord_conf_t, k8s_namespace, NULL, 0, "kubernetes actuator: namespace"),
+    CFG_STRING("k8s-statefulset", coord_conf_t, k8s_statefulset, NULL, 0,
+               "kubernetes actuator: each pool's StatefulSet, {pool} replaced (default strata-worker-{pool})"),
     CFG_INT("autoscale-tick-ms", coord_conf_t, autoscale_tick_ms, "1000", 50, 60000, 0,
             "How often the leader checks leadership and pools (each pool decides every interval_s)"),
     CFG_LIST("pool", coord_conf_t, pools, "unified", 0, "Pools the leader scales (repeat for several)"),
@@ -220,6 +231,7 @@ static void snap_refresh(coord_t *c) {
     s[i].info = w->info;
     s[i].health = w->health;
     s[i].load = w->load;
+    s[i].pending_requests = w->pending_requests;
   }
   pthread_mutex_lock(&c->snap_mu);
   free(c->snap);
@@ -328,6 +340,8 @@ static int start_http(coord_t *c) {
   hc.host = c->conf->host;
   hc.port = c->conf->port;
   hc.max_body_bytes = (size_t)c->conf->max_body_bytes;
+  hc.tls_cert_file = c->conf->tls_cert;
+  hc.tls_key_file = c->conf->tls_key;
   hc.on_request = coord_on_request;
   hc.data = c;
   return http_server_new(c->loop, &hc, &c->http);
@@ -361,6 +375,10 @@ int coord_run(const coord_conf_t *conf) {
     log_error("coordinator: --model and --etcd are required (see --help)");
     return STRATA_EINVAL;
   }
+  if ((conf->tls_cert != NULL) != (conf->tls_key != NULL)) {
+    log_error("coordinator: --tls-cert and --tls-key go together (give both for TLS, or neither)");
+    return STRATA_EINVAL;
+  }
   coord_t *c = calloc(1, sizeof *c);
   if (!c) return STRATA_ENOMEM;
   int rc = coord_init(c, conf);
@@ -374,10 +392,12 @@ int coord_run(const coord_conf_t *conf) {
   if ((rc = metrics_registry_new(&c->mreg)) || (rc = coord_metrics_init(c))) goto fail;
   if ((rc = load_tokenizer(c))) goto fail;
   coord_backend_init(c);
+  coord_front_init(c);
   rpc_init();
   c->rpc_inited = 1;
   if ((rc = rpc_loop_new(NULL, NULL, 100, &c->rpc))) goto fail;
   if ((rc = start_http(c))) goto fail;
+  if ((rc = coord_grpc_start(c))) goto fail;
   if ((rc = coord_admin_start(c))) goto fail;
   if ((rc = start_etcd(c))) goto fail;
   if ((rc = coord_leader_start(c))) goto fail;
@@ -388,8 +408,9 @@ int coord_run(const coord_conf_t *conf) {
   ev_signal_init(&c->sigterm, on_signal, SIGTERM);
   ev_signal_start(c->loop, &c->sigint);
   ev_signal_start(c->loop, &c->sigterm);
-  log_info("coordinator %s: %s on http://%s:%d, Admin gRPC on %s:%d, etcd %s, cluster %s", c->id, c->model_name,
-           conf->host, http_server_port(c->http), conf->host, rpc_server_port(c->admin), conf->etcd, conf->cluster);
+  log_info("coordinator %s: %s on %s://%s:%d, Admin gRPC on %s:%d, etcd %s, cluster %s%s", c->id, c->model_name,
+           conf->tls_cert ? "https" : "http", conf->host, http_server_port(c->http), conf->host,
+           rpc_server_port(c->admin), conf->etcd, conf->cluster, conf->api_keys.n ? ", API keys required" : "");
   printf("strata-coordinator: listening on %s:%d grpc %s:%d\n", conf->host, http_server_port(c->http), conf->host,
          rpc_server_port(c->admin));
   fflush(stdout);
@@ -400,6 +421,7 @@ fail:
   coord_leader_stop(c);
   if (c->watch) etcd_watch_free(c->watch);
   http_server_free(c->http); /* close callbacks cancel what is in flight */
+  coord_grpc_stop(c);        /* so does this, for the gRPC calls */
   if (c->admin) rpc_server_free(c->admin);
   coord_gens_cancel_all(c);
   coord_workers_stop(c);

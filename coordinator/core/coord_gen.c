@@ -2,7 +2,9 @@
  * (its prompt's block-hash chain against the workers' caches) and generated over Worker.Generate;
  * when that stream breaks before the worker finished, the prompt plus the tokens received so far go
  * to another worker (the broken ones excluded), up to --migration-limit times, and the client's
- * stream goes on as if nothing happened. */
+ * stream goes on as if nothing happened. A call is also moved on purpose (cancelled, then migrated
+ * the same way) when its worker leaves the table, when the worker's Events stream stays down, or
+ * when it delivers nothing for --stall-timeout-ms while the worker does not report being busy. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +33,7 @@ static void gen_unmap(coord_t *c, coord_gen_t *g) {
 }
 
 static void gen_free(coord_gen_t *g) {
+  router_finish(&g->c->router, g->id); /* whatever prefill it was still charged for */
   if (g->req && g->req->gens) g->req->gens[g->choice] = NULL;
   gen_unmap(g->c, g);
   if (g->stream) rpc_stream_release(g->stream);
@@ -108,7 +111,7 @@ static int gen_route_open(coord_gen_t *g, char *why, size_t why_len) {
   for (int i = 0; i < g->n_exclude; i++) excl[i] = g->exclude[i];
   router_request_t rq = {.model = c->model_name, .pool = "unified", .hashes = hashes, .n_hashes = n_h,
                          .block_size = COORD_BLOCK_SIZE, .n_prompt_tokens = n_ctx, .exclude = excl,
-                         .n_exclude = g->n_exclude};
+                         .n_exclude = g->n_exclude, .now_ms = coord_now_ms(), .request_id = g->id};
   router_result_t res;
   rc = router_route(&c->router, &rq, &res);
   if (rc) {
@@ -144,6 +147,8 @@ static int gen_route_open(coord_gen_t *g, char *why, size_t why_len) {
     rc = STRATA_EUNAVAILABLE;
     goto out;
   }
+  g->progress_ms = coord_now_ms();
+  g->kill_rc = 0;
   log_debug("coordinator: request %llu -> worker %s (%d of %d blocks cached)", (unsigned long long)g->id, w->id,
             res.cached_blocks, n_h);
 out:
@@ -232,15 +237,16 @@ static void observe_latency(coord_gen_t *g) {
 }
 
 void coord_gen_on_msg(coord_t *c, coord_msg_t *m) {
-  (void)c;
   coord_gen_t *g = m->ptr;
   if (m->attempt != g->attempt) return;
+  g->progress_ms = coord_now_ms();
   Strata__V1__WorkerGenerateResponse *r =
       strata__v1__worker_generate_response__unpack(NULL, m->n_bytes, m->bytes);
   if (!r) {
     log_warn("coordinator: worker %s sent a Generate message that does not parse; ignored", g->worker);
     return;
   }
+  if (r->n_tokens > 0) router_progress(&c->router, g->id, (int)r->n_tokens); /* its prefill is done */
   for (size_t i = 0; i < r->n_tokens && !g->aborted; i++) {
     const Strata__V1__WorkerToken *t = r->tokens[i];
     if (push_token(g, t->token_id)) {
@@ -325,8 +331,14 @@ void coord_gen_on_closed(coord_t *c, coord_msg_t *m) {
   }
   /* A finish other than a drain's abort ends the choice; a missing finish means the worker broke. */
   int broke = g->finish[0] == 0 || (strcmp(g->finish, "abort") == 0 && m->rc != 0);
+  int kill_rc = g->kill_rc;
+  g->kill_rc = 0;
   if (!broke) {
     gen_finish(g, finish_parse(g->finish));
+    return;
+  }
+  if (kill_rc) { /* we cancelled it to move it: our reason, not gRPC's CANCELLED */
+    if (gen_migrate(g, kill_rc, g->kill_why) != 0) gen_finish(g, API_FINISH_ERROR);
     return;
   }
   if (m->rc == STRATA_EINVAL) { /* the worker refused the request itself: another would too */
@@ -336,6 +348,45 @@ void coord_gen_on_closed(coord_t *c, coord_msg_t *m) {
   }
   if (m->rc == 0) m->rc = STRATA_EINTERNAL; /* OK without a finish: treat as broken */
   if (gen_migrate(g, m->rc, m->text) != 0) gen_finish(g, API_FINISH_ERROR);
+}
+
+/* gen_move: cancels G's current call so that its close migrates it (coord_gen_on_closed). Returns 1
+ * when it did, 0 when there is nothing to move (no call, cancelled by the client, already moving). */
+static int gen_move(coord_gen_t *g, int rc, const char *why) {
+  if (!g->stream || g->aborted || g->kill_rc) return 0;
+  g->kill_rc = rc;
+  snprintf(g->kill_why, sizeof g->kill_why, "%s", why);
+  rpc_stream_cancel(g->stream);
+  return 1;
+}
+
+int coord_gens_move_worker(coord_t *c, const char *id, int rc, const char *why) {
+  if (atomic_load(&c->stopping)) return 0; /* shutdown cancels everything anyway */
+  int n = 0;
+  for (int b = 0; b < COORD_MAP_BUCKETS; b++)
+    for (coord_gen_t *g = c->gens[b]; g; g = g->map_next)
+      if (strcmp(g->worker, id) == 0) n += gen_move(g, rc, why);
+  if (n) log_warn("coordinator: worker %s: %s; moving its %d request(s) to other workers", id, why, n);
+  return n;
+}
+
+void coord_gens_check_stalls(coord_t *c, int64_t now_ms) {
+  int64_t limit = c->conf->stall_timeout_ms;
+  if (limit <= 0 || now_ms < c->next_stall_check_ms || atomic_load(&c->stopping)) return;
+  c->next_stall_check_ms = now_ms + COORD_STALL_CHECK_MS;
+  for (int b = 0; b < COORD_MAP_BUCKETS; b++)
+    for (coord_gen_t *g = c->gens[b]; g; g = g->map_next) {
+      if (!g->stream || g->aborted || g->kill_rc || now_ms - g->progress_ms < limit) continue;
+      /* NOTE: a long prefill on a loaded worker delivers nothing for a while too; its Events stream
+       * then reports requests running or queued, and we wait. A worker that reports nothing, or
+       * reports being idle while it holds our request, has lost or hung on it. */
+      if (coord_worker_busy(c, g->worker, now_ms, limit)) continue;
+      char why[128];
+      snprintf(why, sizeof why, "no token for %lld ms (--stall-timeout-ms) and the worker reports no work",
+               (long long)(now_ms - g->progress_ms));
+      if (gen_move(g, STRATA_ETIMEDOUT, why))
+        log_warn("coordinator: request %llu on worker %s: %s; moving it", (unsigned long long)g->id, g->worker, why);
+    }
 }
 
 void coord_gens_cancel_all(coord_t *c) {

@@ -1,6 +1,7 @@
 /* coord_http.c: the coordinator's side of the shared HTTP front (common/apihttp): /v1/completions
  * and /v1/chat/completions with the router as the engine, /v1/models, /health and /metrics (the
- * coordinator's own families, per-worker gauges and the autoscaler's decisions). */
+ * coordinator's own families, per-worker gauges and the autoscaler's decisions), Bearer API keys.
+ * The gRPC front (coord_grpc.c) runs its requests through the same hooks. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@ static void abort_live(coord_req_t *r, const char *outcome) {
 }
 
 int coord_req_on_event(coord_req_t *r, int choice, const api_event_t *ev) {
+  if (!r->h.drv) return coord_grpc_on_event(r, choice, ev); /* only HTTP requests have a driver */
   return api_http_on_event(&r->h, choice, ev);
 }
 
@@ -166,10 +168,13 @@ static const api_http_ops_t front_ops = {
 
 /* ---- routing ---- */
 
+void coord_front_init(coord_t *c) {
+  c->front = (api_http_t){.ops = &front_ops, .self = c, .name = "coordinator", .ctx = &c->ctx,
+                          .model_name = c->model_name, .started = &c->started, .next_seq = &c->next_seq,
+                          .api_keys = &c->conf->api_keys};
+}
+
 void coord_on_request(http_request_t *req, void *data) {
   coord_t *c = data;
-  if (!c->front.ops) /* here, not at set-up: coord.c starts HTTP before the rest is ready */
-    c->front = (api_http_t){.ops = &front_ops, .self = c, .name = "coordinator", .ctx = &c->ctx,
-                            .model_name = c->model_name, .started = &c->started, .next_seq = &c->next_seq};
   api_http_on_request(req, &c->front);
 }

@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 
 #include "common/api/api.h"
+#include "common/apigrpc/api_grpc.h"
 #include "common/apihttp/api_http.h"
 #include "common/etcd/etcd.h"
 #include "common/http/http.h"
@@ -26,6 +27,10 @@
 #define COORD_MAX_CHOICES (1 << COORD_CHOICE_BITS)
 #define COORD_MAP_BUCKETS 4096
 #define COORD_RECONNECT_MS 500  /* Events stream retry delay */
+#define COORD_EVENTS_GRACE_MS 3000  /* Events down this long: the worker's Generate calls move */
+#define COORD_KEEPALIVE_MS 1000     /* HTTP/2 pings to workers: a hung worker's calls fail within */
+#define COORD_KEEPALIVE_TIMEOUT_MS 2500 /* about KEEPALIVE + KEEPALIVE_TIMEOUT */
+#define COORD_STALL_CHECK_MS 250
 #define COORD_MAX_POOLS 4
 #define COORD_LAT_WINDOW 512    /* latency samples kept per pool for the autoscaler's p90 */
 
@@ -79,6 +84,9 @@ typedef struct coord_wconn {
   int removed;            /* left the registry: freed once its stream closed */
   int got_event;          /* the current stream delivered something */
   int64_t retry_at_ms;
+  int64_t last_event_ms;  /* when the last event arrived (0: none yet) */
+  int64_t down_since_ms;  /* when the Events stream broke (0: up, or never connected yet) */
+  int down_moved;         /* the worker's Generate calls were moved for this outage */
   uint64_t prefix_hit_tokens, prefix_query_tokens;
 } coord_wconn_t;
 
@@ -108,9 +116,13 @@ typedef struct coord_gen {
   int aborted;            /* we cancelled it: free at close */
   char finish[16];        /* the worker's finish_reason, reported at close */
   double t_last_s;        /* time of the last token (0 before the first) */
+  int64_t progress_ms;    /* the current attempt's start or last message (stall detection) */
+  int kill_rc;            /* we cancelled the attempt to move it (STRATA_E*): migrate at close */
+  char kill_why[128];
 } coord_gen_t;
 
-/* One HTTP generation request (through the shared front, common/apihttp). */
+/* One generation request: HTTP (through the shared front, common/apihttp), or gRPC (coord_grpc.c
+ * embeds it first in its own struct and leaves h.drv NULL). */
 struct coord_req {
   api_http_req_t h;       /* first: the front casts back */
   coord_t *c;
@@ -125,6 +137,7 @@ typedef struct {
   registry_worker_info_t info;
   registry_health_t health;
   registry_load_t load;
+  int64_t pending_requests; /* routed here since its last stats report: queued at the coordinator's end */
 } coord_snap_worker_t;
 
 typedef struct {
@@ -162,7 +175,8 @@ struct coord {
   chat_template_t *chat;
   api_ctx_t ctx;
   api_backend_t backend;
-  api_http_t front;       /* the HTTP front (set up at the first request) */
+  api_http_t front;       /* the HTTP front (coord_front_init) */
+  api_grpc_t *grpc;       /* coordgrpc: the gRPC Inference front (coord_grpc.c), NULL when disabled */
   char model_name[256];
   char id[128];
   char last_reason[256]; /* why the last submit found no worker */
@@ -173,6 +187,7 @@ struct coord {
   router_t router;
   coord_wconn_t *conns;
   coord_gen_t *gens[COORD_MAP_BUCKETS];
+  int64_t next_stall_check_ms;
   metrics_registry_t *mreg;
   coord_metrics_t m;
 
@@ -211,6 +226,9 @@ void coord_workers_stop(coord_t *c);
 void coord_workers_free(coord_t *c);
 coord_wconn_t *coord_conn_find(coord_t *c, const char *id);
 void coord_workers_metrics(coord_t *c);
+/* coord_worker_busy: nonzero when worker ID's Events stream reported, within the last WINDOW_MS,
+ * requests running or waiting (so a call there may be slow rather than lost). Loop thread. */
+int coord_worker_busy(coord_t *c, const char *id, int64_t now_ms, int64_t window_ms);
 
 /* coord_gen.c */
 void coord_backend_init(coord_t *c);
@@ -222,12 +240,29 @@ void coord_gen_on_closed(coord_t *c, coord_msg_t *m);
 coord_gen_t *coord_gen_get(coord_t *c, uint64_t id);
 /* coord_gens_cancel_all: at shutdown. */
 void coord_gens_cancel_all(coord_t *c);
+/* coord_gens_move_worker: cancels every Generate call open to worker ID, each then migrating as if
+ * the call had broken (exclude list, --migration-limit). RC (STRATA_E*) and WHY are for the logs.
+ * Returns how many calls were cancelled. Loop thread. */
+int coord_gens_move_worker(coord_t *c, const char *id, int rc, const char *why);
+/* coord_gens_check_stalls: moves the calls with no message for --stall-timeout-ms whose worker is
+ * not known busy (a fresh Events report with requests running or waiting). Loop thread. */
+void coord_gens_check_stalls(coord_t *c, int64_t now_ms);
 
 /* coord_http.c */
+/* coord_front_init: fills C->front (the HTTP front's hooks, which the gRPC front shares). */
+void coord_front_init(coord_t *c);
 void coord_on_request(http_request_t *req, void *data);
 /* coord_req_on_event: one event for choice CHOICE of R. Returns 1 when R was freed. */
 int coord_req_on_event(coord_req_t *r, int choice, const api_event_t *ev);
 int coord_metrics_init(coord_t *c);
+
+/* coord_grpc.c (coordgrpc) */
+/* coord_grpc_start: serves strata.v1.Inference on --host:--inference-grpc-port (nothing when -1). */
+int coord_grpc_start(coord_t *c);
+/* coord_grpc_stop: ends every gRPC call (aborting its choices) and stops the server. Loop thread. */
+void coord_grpc_stop(coord_t *c);
+/* coord_grpc_on_event: coord_req_on_event for a gRPC request (one whose h.drv is NULL). */
+int coord_grpc_on_event(coord_req_t *r, int choice, const api_event_t *ev);
 
 /* coord_admin.c */
 int coord_admin_start(coord_t *c);

@@ -2,7 +2,8 @@
  * leader key /strata/<cluster>/leader under its etcd session lease (put-if-absent), so exactly one
  * coordinator holds it while its session lives; the others watch it (and re-check it every tick)
  * and take over when it vanishes with its holder's lease. The leader decides each pool's replica count every
- * policy interval (autoscale_decide on its own latency windows, the registry's queues and KV use)
+ * policy interval (autoscale_decide on p90 latencies over the policy's latency_window_s, the
+ * registry's queues and KV use; the autoscaler smooths those over the same window itself)
  * and actuates it; a scale-down drains its victims (Worker.Drain) and waits for them to leave the
  * registry before the actuator removes them. Decisions are logged and exported on /metrics. */
 #include <math.h>
@@ -16,7 +17,6 @@
 #include "coordinator/actuator/actuator.h"
 #include "coordinator/core/coord_int.h"
 
-#define LEADER_LAT_WINDOW_S 60.0 /* latency samples older than this do not count */
 #define LEADER_DRAIN_DEADLINE_S 30
 #define LEADER_DRAIN_WAIT_S 60.0 /* a victim that has not left by then is removed anyway */
 #define LEADER_MAX_VICTIMS 16
@@ -42,11 +42,12 @@ typedef struct {
   int n_pools;
 } leader_t;
 
-static double p90(const double *t, const double *v, int n, double now) {
+/* p90: the 90th percentile of the latencies V (at times T) no older than WINDOW_S, NAN when none. */
+static double p90(const double *t, const double *v, int n, double now, double window_s) {
   double buf[COORD_LAT_WINDOW];
   int m = 0;
-  for (int i = 0; i < n; i++)
-    if (now - t[i] <= LEADER_LAT_WINDOW_S) buf[m++] = v[i];
+  for (int i = 0; i < n && i < COORD_LAT_WINDOW; i++)
+    if (now - t[i] <= window_s) buf[m++] = v[i];
   if (m == 0) return NAN;
   for (int i = 1; i < m; i++) /* insertion sort: at most COORD_LAT_WINDOW samples */
     for (int j = i; j > 0 && buf[j - 1] > buf[j]; j--) {
@@ -57,14 +58,15 @@ static double p90(const double *t, const double *v, int n, double now) {
   return buf[(int)ceil(0.9 * m) - 1];
 }
 
-static void sample_pool(coord_t *c, const char *pool, autoscale_sample_t *s) {
+/* sample_pool: POOL's metrics now, latencies over the last WINDOW_S seconds. */
+static void sample_pool(coord_t *c, const char *pool, double window_s, autoscale_sample_t *s) {
   double now = coord_now_s();
   *s = (autoscale_sample_t){.now_s = now, .ttft_p90_ms = NAN, .itl_p90_ms = NAN, .kv_usage = NAN};
   pthread_mutex_lock(&c->snap_mu);
   for (int i = 0; i < COORD_MAX_POOLS; i++)
     if (strcmp(c->lat[i].pool, pool) == 0) {
-      s->ttft_p90_ms = p90(c->lat[i].t, c->lat[i].ttft_ms, c->lat[i].n_ttft, now);
-      s->itl_p90_ms = p90(c->lat[i].t_itl, c->lat[i].itl_ms, c->lat[i].n_itl, now);
+      s->ttft_p90_ms = p90(c->lat[i].t, c->lat[i].ttft_ms, c->lat[i].n_ttft, now, window_s);
+      s->itl_p90_ms = p90(c->lat[i].t_itl, c->lat[i].itl_ms, c->lat[i].n_itl, now, window_s);
     }
   pthread_mutex_unlock(&c->snap_mu);
   int n = 0;
@@ -73,7 +75,7 @@ static void sample_pool(coord_t *c, const char *pool, autoscale_sample_t *s) {
   for (int i = 0; w && i < n; i++) {
     if (strcmp(w[i].info.pool, pool) != 0 || w[i].health != REGISTRY_READY) continue;
     s->ready_replicas++;
-    s->n_queued += w[i].load.waiting;
+    s->n_queued += w[i].load.waiting + (int)w[i].pending_requests;
     s->n_running += w[i].load.running;
     kv += w[i].load.kv_total_blocks ? (double)w[i].load.kv_used_blocks / w[i].load.kv_total_blocks : 0;
   }
@@ -158,11 +160,11 @@ static void decide_pool(leader_t *l, int idx) {
   if (actuator_get_replicas(l->act, p->pool, &current) != 0) {
     if (actuator_kind(l->act) != ACTUATOR_NONE) return;
     autoscale_sample_t s0;
-    sample_pool(c, p->pool, &s0);
+    sample_pool(c, p->pool, pol.latency_window_s, &s0);
     current = s0.ready_replicas; /* none: nothing set yet; start from what serves */
   }
   autoscale_sample_t s;
-  sample_pool(c, p->pool, &s);
+  sample_pool(c, p->pool, pol.latency_window_s, &s);
   autoscale_state_t next;
   autoscale_decision_t d;
   if (autoscale_decide(&pol, &p->st, current, &s, &next, &d) != 0) return;
@@ -268,7 +270,8 @@ int coord_leader_start(coord_t *c) {
     return STRATA_EINVAL;
   }
   actuator_config_t ac = {.kind = (actuator_kind_t)kind, .local_command = cf->worker_command,
-                          .k8s_api_server = cf->k8s_api_server, .k8s_namespace = cf->k8s_namespace};
+                          .k8s_api_server = cf->k8s_api_server, .k8s_namespace = cf->k8s_namespace,
+                          .k8s_statefulset = cf->k8s_statefulset};
   int rc = actuator_new(&ac, &l->act);
   if (rc) {
     log_error("coordinator: cannot set up the %s actuator (%s)", cf->actuator, strata_strerror(rc));

@@ -1,5 +1,7 @@
 /* coord_workers.c: one Worker.Events stream per registered worker: load and KV events into the
- * registry, the worker marked unhealthy while its stream is down, reconnection with a delay. */
+ * registry, the worker marked unhealthy while its stream is down, reconnection with a delay. The
+ * channels ping the workers (keepalive), so a hung worker's streams break within seconds; a worker
+ * that leaves the table or whose Events stream stays down has its Generate calls moved elsewhere. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,7 +58,10 @@ static void conn_unlink(coord_t *c, coord_wconn_t *w) {
 }
 
 static void conn_open(coord_t *c, coord_wconn_t *w) {
-  if (!w->ch && rpc_channel_new(w->addr, NULL, &w->ch) != 0) {
+  /* NOTE: a SIGSTOPped or blackholed worker keeps its TCP connections open and says nothing, so
+   * without pings its Generate calls would wait forever. Worker servers (rpc_server_new) permit them. */
+  rpc_channel_opts_t co = {.keepalive_ms = COORD_KEEPALIVE_MS, .keepalive_timeout_ms = COORD_KEEPALIVE_TIMEOUT_MS};
+  if (!w->ch && rpc_channel_new(w->addr, &co, &w->ch) != 0) {
     log_error("coordinator: cannot create a channel to worker %s at %s", w->id, w->addr);
     w->retry_at_ms = coord_now_ms() + COORD_RECONNECT_MS;
     return;
@@ -88,8 +93,10 @@ static coord_wconn_t *conn_new(coord_t *c, const registry_worker_t *rw) {
   return w;
 }
 
-/* conn_drop: the worker left (or moved): close its stream; freed when the close arrives. */
-static void conn_drop(coord_t *c, coord_wconn_t *w) {
+/* conn_drop: the worker left (or moved): move its requests, close its stream; freed when the close
+ * arrives. */
+static void conn_drop(coord_t *c, coord_wconn_t *w, const char *why) {
+  coord_gens_move_worker(c, w->id, STRATA_EUNAVAILABLE, why);
   w->removed = 1;
   if (w->events) {
     rpc_stream_cancel(w->events);
@@ -105,9 +112,18 @@ void coord_workers_sync(coord_t *c) {
     next = w->next;
     if (w->removed) continue;
     registry_worker_t *rw = registry_find(&c->reg, w->id);
-    if (!rw || strcmp(rw->info.grpc_address, w->addr) != 0) conn_drop(c, w);
+    if (!rw) conn_drop(c, w, "it left the cluster (etcd lease expired or deregistered)");
+    else if (strcmp(rw->info.grpc_address, w->addr) != 0) conn_drop(c, w, "it registered again at another address");
   }
   int64_t now = coord_now_ms();
+  for (coord_wconn_t *w = c->conns; w; w = w->next) {
+    if (w->removed || !w->down_since_ms || w->down_moved || now - w->down_since_ms < COORD_EVENTS_GRACE_MS) continue;
+    w->down_moved = 1;
+    char why[96];
+    snprintf(why, sizeof why, "its Events stream has been down for %lld ms", (long long)(now - w->down_since_ms));
+    coord_gens_move_worker(c, w->id, STRATA_EUNAVAILABLE, why);
+  }
+  coord_gens_check_stalls(c, now);
   for (int i = 0; i < registry_count(&c->reg); i++) {
     registry_worker_t *rw = registry_at(&c->reg, i);
     coord_wconn_t *w = coord_conn_find(c, rw->info.id);
@@ -120,8 +136,11 @@ static void apply_event(coord_t *c, coord_wconn_t *w, const Strata__V1__WorkerEv
   registry_worker_t *rw = registry_find(&c->reg, w->id);
   if (!rw) return;
   int64_t now = coord_now_ms();
+  w->last_event_ms = now;
   if (!w->got_event) {
     w->got_event = 1;
+    w->down_since_ms = 0;
+    w->down_moved = 0;
     if (rw->health == REGISTRY_UNHEALTHY && strcmp(rw->health_reason, EVENTS_DOWN_REASON) == 0) {
       log_info("coordinator: worker %s is reachable again", w->id);
       registry_set_health(&c->reg, w->id, REGISTRY_READY, NULL, now);
@@ -175,7 +194,15 @@ void coord_workers_on_closed(coord_t *c, coord_msg_t *m) {
     registry_set_health(&c->reg, w->id, REGISTRY_UNHEALTHY, EVENTS_DOWN_REASON, now);
   }
   registry_kv_clear(&c->reg, w->id);
+  if (!w->down_since_ms) w->down_since_ms = now;
   w->retry_at_ms = now + COORD_RECONNECT_MS;
+}
+
+int coord_worker_busy(coord_t *c, const char *id, int64_t now_ms, int64_t window_ms) {
+  coord_wconn_t *w = coord_conn_find(c, id);
+  registry_worker_t *rw = registry_find(&c->reg, id);
+  if (!w || !rw || !w->events || !w->got_event || now_ms - w->last_event_ms > window_ms) return 0;
+  return rw->load.running + rw->load.waiting > 0;
 }
 
 void coord_workers_stop(coord_t *c) {

@@ -7,8 +7,10 @@
 
 #include "common/log.h"
 #include "common/status.h"
+#include "coordinator/router/router_int.h"
 
 static int valid_weight(double w) { return isfinite(w) && w >= 0.0 && w <= ROUTER_WEIGHT_MAX; }
+static int valid_ttl(int ms) { return ms >= 0 && ms <= ROUTER_TTL_MAX_MS; }
 
 int router_init(router_t *r, registry_t *reg, const router_config_t *cfg) {
   memset(r, 0, sizeof *r);
@@ -16,15 +18,27 @@ int router_init(router_t *r, registry_t *reg, const router_config_t *cfg) {
   r->reg = reg;
   r->overlap_weight = ROUTER_DEFAULT_OVERLAP_WEIGHT;
   r->queue_weight = ROUTER_DEFAULT_QUEUE_WEIGHT;
+  r->pin_ttl_ms = ROUTER_DEFAULT_PIN_TTL_MS;
+  r->pending_ttl_ms = ROUTER_DEFAULT_PENDING_TTL_MS;
   if (cfg) {
     int rc = router_set_weights(r, cfg->overlap_weight, cfg->queue_weight);
     if (rc < 0) return rc;
+    if (!valid_ttl(cfg->pin_ttl_ms) || !valid_ttl(cfg->pending_ttl_ms)) {
+      log_error("router: pin and pending TTLs must be in [0, %d] ms (got %d, %d)", ROUTER_TTL_MAX_MS,
+                cfg->pin_ttl_ms, cfg->pending_ttl_ms);
+      return STRATA_EINVAL;
+    }
+    if (cfg->pin_ttl_ms) r->pin_ttl_ms = cfg->pin_ttl_ms;
+    if (cfg->pending_ttl_ms) r->pending_ttl_ms = cfg->pending_ttl_ms;
     r->rng = cfg->seed;
   }
   return 0;
 }
 
-void router_deinit(router_t *r) { memset(r, 0, sizeof *r); }
+void router_deinit(router_t *r) {
+  router_opt_free(r);
+  memset(r, 0, sizeof *r);
+}
 
 int router_set_weights(router_t *r, double overlap_weight, double queue_weight) {
   if (!valid_weight(overlap_weight) || !valid_weight(queue_weight)) {
@@ -90,19 +104,29 @@ static int check_request(const router_request_t *req) {
   return 0;
 }
 
-/* Fills RES for worker W as a candidate and returns its cost. */
-static double candidate_cost(const router_t *r, const router_request_t *req, registry_worker_t *w,
+/* Fills RES for worker W (registry index IDX) as a candidate and returns its cost. */
+static double candidate_cost(router_t *r, const router_request_t *req, registry_worker_t *w, int idx, int64_t now_ms,
                              router_result_t *res) {
   int bs = w->info.block_size;
-  int cached = bs == req->block_size ? registry_prefix_hits(w, req->hashes, req->n_hashes) : 0;
+  int same_bs = bs == req->block_size;
+  int confirmed = same_bs ? registry_prefix_hits(w, req->hashes, req->n_hashes) : 0;
+  int pinned = 0;
+  int64_t prefill = 0;
+  router_opt_view(r, w, idx, same_bs ? req->hashes : NULL, req->n_hashes, now_ms, &pinned, &prefill);
+  int cached = pinned > confirmed ? pinned : confirmed;
   int prompt_blocks = ceil_div(req->n_prompt_tokens, bs);
   if (cached > prompt_blocks) cached = prompt_blocks;
   res->worker = w;
   res->cached_blocks = cached;
+  res->pinned_blocks = cached > confirmed ? cached - confirmed : 0;
   res->uncached_blocks = prompt_blocks - cached;
   res->uncached_tokens = req->n_prompt_tokens - cached * bs;
   if (res->uncached_tokens < 0) res->uncached_tokens = 0;
-  double decode = (double)w->load.active_decode_blocks + (double)w->pending_blocks;
+  /* NOTE: the stats' active_decode_blocks is the worker's KV use, which includes prefix blocks it
+   * merely keeps cached. With nothing running those blocks cost decode nothing; counting them made a
+   * warm idle worker lose to a cold one. What was routed since is in pending_blocks. */
+  double active = w->load.running > 0 ? (double)w->load.active_decode_blocks : 0.0;
+  double decode = active + (double)w->pending_blocks + (double)prefill;
   double queue = (double)w->load.waiting + (double)w->pending_requests;
   res->cost = r->overlap_weight * res->uncached_blocks + decode + r->queue_weight * queue;
   return res->cost;
@@ -112,8 +136,10 @@ int router_route(router_t *r, const router_request_t *req, router_result_t *res)
   memset(res, 0, sizeof *res);
   int rc = check_request(req);
   if (rc < 0) return rc;
+  int64_t now_ms = router_opt_now_ms(req->now_ms);
+  if (router_opt_sweep(r, now_ms) < 0) log_debug("router: out of memory for optimistic accounting");
   router_tally_t t = {0};
-  int n_ties = 0;
+  int n_ties = 0, pick_idx = -1;
   for (int i = 0; i < registry_count(r->reg); i++) {
     registry_worker_t *w = registry_at(r->reg, i);
     if (!serves(w, req->model, req->pool)) continue;
@@ -129,14 +155,18 @@ int router_route(router_t *r, const router_request_t *req, router_result_t *res)
       continue;
     }
     router_result_t c;
-    double cost = candidate_cost(r, req, w, &c);
+    double cost = candidate_cost(r, req, w, i, now_ms, &c);
     double eps = 1e-9 * (fabs(res->cost) > 1.0 ? fabs(res->cost) : 1.0);
     if (n_ties == 0 || cost < res->cost - eps) {
       *res = c;
+      pick_idx = i;
       n_ties = 1;
     } else if (cost <= res->cost + eps) {
       /* Reservoir sampling: each of the tied workers ends up picked with probability 1/n_ties. */
-      if (router_rand(r) % (uint64_t)++n_ties == 0) *res = c;
+      if (router_rand(r) % (uint64_t)++n_ties == 0) {
+        *res = c;
+        pick_idx = i;
+      }
     }
   }
   if (n_ties == 0) {
@@ -149,6 +179,8 @@ int router_route(router_t *r, const router_request_t *req, router_result_t *res)
    * the whole context each step, which is what the worker's active_decode_blocks measures. */
   res->worker->pending_blocks += ceil_div(req->n_prompt_tokens, res->worker->info.block_size);
   res->worker->pending_requests += 1;
+  router_opt_note(r, res->worker, pick_idx, req, res->uncached_blocks, now_ms);
+  if (res->pinned_blocks > 0) r->n_pin_hits++;
   r->n_routed++;
   return 0;
 }

@@ -14,7 +14,7 @@ fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-"$STRATA" serve --model dummy:tiny --port 0 --grpc-port "$(free_port)" >"$TMP/serve.out" 2>"$TMP/serve.err" &
+"$STRATA" serve --model dummy:tiny --port 0 --grpc-port "$(free_port)" --api-key benchkey >"$TMP/serve.out" 2>"$TMP/serve.err" &
 PID=$!
 HPORT= GPORT=
 for _ in $(seq 1 150); do
@@ -60,18 +60,18 @@ EOF
 }
 
 # different seeds: the second run would otherwise hit the prefix cache the first one filled
-run http --url "http://127.0.0.1:$HPORT" --seed 1
-run grpc --grpc "127.0.0.1:$GPORT" --metrics-url "http://127.0.0.1:$HPORT/metrics" --seed 2
+run http --url "http://127.0.0.1:$HPORT" --api-key benchkey --seed 1
+run grpc --grpc "127.0.0.1:$GPORT" --api-key benchkey --metrics-url "http://127.0.0.1:$HPORT/metrics" --seed 2
 
 # The harness's own summary line must say the same over both targets.
 for n in http grpc; do
   grep -q '^{"bench":"serve"' "$TMP/$n.stdout" || fail "$n: no JSON summary line on stdout"
 done
-# --grpc with an API key is refused up front (common/rpc client streams carry no call metadata).
-if "$BENCH" serve --grpc "127.0.0.1:$GPORT" --api-key k --num-requests 1 >/dev/null 2>"$TMP/key.err"; then
-  fail "--grpc --api-key was accepted"
-fi
-grep -q 'api-key is not supported with --grpc' "$TMP/key.err" || fail "--grpc --api-key: unclear error"
+# The key travels as gRPC call metadata: a wrong one fails every request (UNAUTHENTICATED), counted.
+"$BENCH" serve --grpc "127.0.0.1:$GPORT" --api-key wrong --model dummy:tiny --num-requests 2 --output-len 4 \
+  --no-progress --out "$TMP/badkey" >/dev/null 2>"$TMP/badkey.err"
+python3 -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(0 if s['failed'] == 2 else 1)" \
+  "$TMP/badkey/summary.json" 2>/dev/null || fail "--grpc with a wrong --api-key: requests not refused"
 
 kill "$PID" 2>/dev/null
 wait "$PID" 2>/dev/null

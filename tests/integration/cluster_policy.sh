@@ -25,6 +25,7 @@ wait_ready 1 20 || fail "the leader did not start the first worker (min_replicas
 "$STRATA" policy set mode=observe min_replicas=2 interval_s=1 >"$TMP/set1" 2>&1 || { cat "$TMP/set1"; fail "policy set"; }
 grep -q '"min_replicas": *2' "$TMP/set1" && grep -q '"mode": *"observe"' "$TMP/set1" || { cat "$TMP/set1"; fail "policy set did not echo the new policy"; }
 "$STRATA" policy get | grep -q '"interval_s": *1' || fail "policy get does not show the new interval"
+"$STRATA" policy get | grep -q '"latency_window_s": *60' || fail "policy get does not show latency_window_s (default 60)"
 sleep 3 # three intervals: observe mode must not act
 [ "$(n_ready)" -eq 1 ] || fail "observe mode changed the replica count"
 "$STRATA" policy status >"$TMP/status" 2>&1 || { cat "$TMP/status"; fail "policy status"; }
@@ -42,6 +43,10 @@ echo '{"queue_per_replica": 8}' >"$TMP/policy.json"
 "$STRATA" policy get | grep -q '"queue_per_replica": *8' || fail "policy set --file did not land"
 "$STRATA" policy set no_such_field=1 >"$TMP/bad" 2>&1 && fail "an unknown field was accepted"
 grep -q "no_such_field" "$TMP/bad" || { cat "$TMP/bad"; fail "the error does not name the field"; }
+"$STRATA" policy set latency_window_s=0 >"$TMP/bad" 2>&1 && fail "latency_window_s=0 was accepted"
+grep -q "latency_window_s" "$TMP/bad" || { cat "$TMP/bad"; fail "the error does not name latency_window_s"; }
+"$STRATA" policy set latency_window_s=30 >/dev/null || fail "policy set latency_window_s=30"
+"$STRATA" policy get | grep -q '"latency_window_s": *30' || fail "latency_window_s=30 did not land"
 
 # scale-down: max_replicas=1 drains the newest worker (Worker.Drain), which deregisters and goes
 n_workers() { "$STRATA" workers 2>/dev/null | grep -c ' unified '; }
@@ -54,7 +59,7 @@ echo "cluster_policy: max_replicas=1 drained and removed a worker"
 
 # leader failover: a second coordinator follows, and takes over once the first one stops
 COORD=$(realpath "$B/coordinator/strata-coordinator")
-"$COORD" --model "$STORIES" --etcd "$(cat "$D/etcd.addr")" --port 0 --grpc-port 0 --id coord-second \
+"$COORD" --model "$STORIES" --etcd "$(cat "$D/etcd.addr")" --port 0 --grpc-port 0 --inference-grpc-port 0 --id coord-second \
   >"$TMP/second.log" 2>&1 &
 SECOND=$!
 trap 'kill $SECOND 2>/dev/null; wait $SECOND 2>/dev/null; "$STRATA" cluster down --dir "$D" >/dev/null 2>&1; rm -rf "$TMP"' EXIT

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # cluster_ramp.sh: the autoscaler under a load ramp. `cluster up --autoscale` with a queue policy
-# (min 1, max 3, queue_per_replica 1, 1 s interval, 1 s up / 5 s down windows): 18 clients streaming
-# 1200-token completions back to back for ~20 s against workers that run 1 sequence each make the
-# leader's local actuator grow the pool from 1 to 3 workers, which it holds while the load lasts;
-# once the load stops it shrinks back to 1, draining before removing. No request fails: every curl
-# gets HTTP 200 and a stream that ends with [DONE] and no error.
+# (min 1, max 3, queue_per_replica 1, 1 s interval, 1 s up / 5 s down windows, 5 s latency window):
+# 18 clients streaming 1200-token completions back to back for ~20 s against workers that run 1
+# sequence each make the leader's local actuator grow the pool from 1 to 3 workers, which it holds
+# while the load lasts; once the load stops it shrinks back to 1, draining before removing. No
+# request fails: every curl gets HTTP 200 and a stream that ends with [DONE] and no error.
 set -uo pipefail
 MODELS=${STRATA_MODELS_DIR:-$(dirname "$0")/../../../shared/models}
 B=${STRATA_BUILD_DIR:-build}
@@ -38,9 +38,12 @@ ready_is() { [ "$(n_ready)" -eq "$1" ]; }
 workers_are() { [ "$(n_workers)" -eq "$1" ]; }
 wait_until 20 ready_is 1 || fail "the leader did not start the first worker"
 
-# queue is the only signal (latency and KV targets off); short windows, interval and cooldown
+# queue is the only signal (latency and KV targets off); short windows, interval and cooldown; a 5 s
+# latency window, over which scale-down averages the queue (the default 60 s would keep the pool up
+# for about a minute after the load)
 "$STRATA" policy set min_replicas=1 max_replicas=3 queue_per_replica=1 ttft_p90_ms=0 itl_p90_ms=0 kv_usage=0 \
   scale_up_step=2 scale_down_step=2 scale_up_window_s=1 scale_down_window_s=5 cooldown_s=1 interval_s=1 \
+  latency_window_s=5 \
   >"$TMP/set" 2>&1 || { cat "$TMP/set"; fail "policy set"; }
 
 client() { # client C: streaming requests back to back until $TMP/stop exists

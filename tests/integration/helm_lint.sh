@@ -695,7 +695,7 @@ ctext = open(os.path.join(chart, "templates", "coordinator.yaml")).read()
 # Options the chart passes that strata-coordinator does not declare yet (DESIGN.md section 9 asks for
 # them); reported, not failed, until the coordinator has them. TLS goes on the command line on purpose:
 # a coordinator without TLS refuses to start instead of serving plaintext.
-PENDING = {"tls-cert", "tls-key", "api-key", "k8s-statefulset"}
+PENDING = set()
 if copts:
     for opt in sorted(set(re.findall(r"^\s*- --([a-z0-9-]+)=", ctext, re.M))):
         if opt in PENDING and opt not in copts:
@@ -810,7 +810,8 @@ def scenario_1():
             check(a.get("--actuator") == ["kubernetes"], "coordinator uses the kubernetes actuator by default")
             check(dep[0]["spec"]["template"]["spec"]["automountServiceAccountToken"] is True, "kubernetes actuator: token mounted")
         svc = find(docs, "Service", "strata-coordinator")
-        check(svc and {p["port"] for p in svc[0]["spec"]["ports"]} == {8000, 50052}, "coordinator Service: HTTP 8000 and gRPC 50052")
+        check(svc and {p["port"] for p in svc[0]["spec"]["ports"]} == {8000, 50051, 50052},
+              "coordinator Service: HTTP 8000, gRPC Inference 50051 and Admin 50052")
         ws = find(docs, "StatefulSet", sts_template.replace("{pool}", "unified") if sts_template else "?")
         check(len(ws) == 1, f"worker StatefulSet named as the kubernetes actuator expects ({sts_template})")
         if ws:

@@ -266,6 +266,100 @@ static void test_external_edit(void **state) {
   assert_int_equal(d.reason, R(BELOW_TARGETS));
 }
 
+/* Queue-only policy for the smoothing tests: 4 waiting per replica, windows and steps as given. */
+static void queue_only(autoscale_policy_t *p) {
+  autoscale_policy_defaults(p);
+  p->ttft_p90_ms = 0, p->itl_p90_ms = 0, p->kv_usage = 0, p->queue_per_replica = 4;
+  p->cooldown_s = 0;
+}
+
+/* Bursty load: every 40 s one sample sees 48 queued, the three between see none (6 always running).
+ * Judged one sample at a time (latency_window_s 1 here: the mean is the sample), the gaps look idle:
+ * the 20 s down-window fills with zeros, 3 -> 1, the next burst 1 -> 3, and so on. Over a 60 s mean
+ * any 60 s holds at least one burst, 48/7 = 6.9 queued, 2.3 per replica out of 3, above half the
+ * target, so the pool stays at 3. */
+static int bursty_changes(int latency_window_s, int *final) {
+  autoscale_policy_t p;
+  queue_only(&p);
+  p.max_replicas = 3, p.scale_up_step = 2, p.scale_down_step = 2, p.scale_up_window_s = 0;
+  p.scale_down_window_s = 20, p.latency_window_s = latency_window_s;
+  autoscale_state_t st;
+  autoscale_state_init(&st);
+  int cur = 3, changes = 0;
+  for (int t = 0; t <= 400; t += 10) {
+    autoscale_sample_t x = {.now_s = t, .ttft_p90_ms = NAN, .itl_p90_ms = NAN, .n_queued = t % 40 == 0 ? 48 : 0,
+                            .n_running = 6, .kv_usage = NAN, .ready_replicas = cur};
+    autoscale_decision_t d;
+    assert_int_equal(autoscale_decide(&p, &st, cur, &x, &st, &d), 0);
+    assert_true(strlen(d.message) > 0);
+    if (d.actuate) {
+      changes++;
+      cur = d.desired_replicas;
+    } else if (latency_window_s == 60) {
+      /* bursts: more is wanted than the cap; gaps: low now, but not on the mean */
+      assert_int_equal(d.reason, t % 40 == 0 ? R(MAX_REPLICAS) : R(WITHIN_TARGETS));
+      if (t % 40 && !strstr(d.message, "low now, but queue per replica (mean over 60s)"))
+        print_error("t=%d: %s\n", t, d.message);
+      if (t % 40) assert_non_null(strstr(d.message, "low now, but queue per replica (mean over 60s)"));
+    }
+  }
+  *final = cur;
+  return changes;
+}
+
+static void test_bursty_load_does_not_flap(void **state) {
+  (void)state;
+  int final;
+  assert_true(bursty_changes(1, &final) >= 8); /* the single-sample signal: 3 -> 1 -> 3 ... */
+  assert_int_equal(bursty_changes(60, &final), 0);
+  assert_int_equal(final, 3);
+}
+
+/* A sustained rise from idle: scale-up acts exactly one up-window (30 s) after the rise, again one
+ * window later (capped by max_replicas 4), holds while the load lasts; when it stops, scale-down waits
+ * for the 30 s mean to drop below half the target (2 per replica at 4: 8 queued), then for the 20 s
+ * down-window, one replica at a time.
+ *   t=200: mean of 20,20,20,0 = 15 -> 3.75/replica   t=210: 10 -> 2.5   t=220: 5 -> 1.25 (below) */
+static void test_sustained_rise_and_fall(void **state) {
+  (void)state;
+  autoscale_policy_t p;
+  queue_only(&p);
+  p.min_replicas = 1, p.max_replicas = 4, p.scale_up_step = 2, p.scale_down_step = 1;
+  p.scale_up_window_s = 30, p.scale_down_window_s = 20, p.latency_window_s = 30;
+  tick_t t[48];
+  int n = 0;
+  for (int s = 0; s <= 50; s += 10) t[n++] = (tick_t){s, NAN, 0, 0, 1, R(MIN_REPLICAS)};
+  const tick_t rest[] = {
+      {60, NAN, 20, 1, 1, R(UP_WINDOW)},          {70, NAN, 20, 1, 1, R(UP_WINDOW)},
+      {80, NAN, 20, 1, 1, R(UP_WINDOW)},          {90, NAN, 20, 1, 3, R(QUEUE_ABOVE_TARGET)},
+      {100, NAN, 20, 1, 3, R(UP_WINDOW)},         {110, NAN, 20, 1, 3, R(UP_WINDOW)},
+      {120, NAN, 20, 1, 3, R(UP_WINDOW)},         {130, NAN, 20, 1, 4, R(MAX_REPLICAS)},
+      {140, NAN, 20, 1, 4, R(MAX_REPLICAS)},      {150, NAN, 20, 1, 4, R(MAX_REPLICAS)},
+      {160, NAN, 20, 1, 4, R(MAX_REPLICAS)},      {170, NAN, 20, 1, 4, R(MAX_REPLICAS)},
+      {180, NAN, 20, 1, 4, R(MAX_REPLICAS)},      {190, NAN, 20, 1, 4, R(MAX_REPLICAS)},
+      {200, NAN, 0, 0, 4, R(WITHIN_TARGETS)},     {210, NAN, 0, 0, 4, R(WITHIN_TARGETS)},
+      {220, NAN, 0, 0, 4, R(DOWN_WINDOW)},        {230, NAN, 0, 0, 4, R(DOWN_WINDOW)},
+      {240, NAN, 0, 0, 3, R(BELOW_TARGETS)},      {250, NAN, 0, 0, 3, R(DOWN_WINDOW)},
+      {260, NAN, 0, 0, 3, R(DOWN_WINDOW)},        {270, NAN, 0, 0, 2, R(BELOW_TARGETS)},
+      {280, NAN, 0, 0, 2, R(DOWN_WINDOW)},        {300, NAN, 0, 0, 1, R(BELOW_TARGETS)},
+      {310, NAN, 0, 0, 1, R(MIN_REPLICAS)},
+  };
+  for (size_t i = 0; i < sizeof(rest) / sizeof(rest[0]); i++) t[n++] = rest[i];
+  run_table(&p, 1, t, n);
+
+  /* The decision that scaled says why, with the number behind it. */
+  autoscale_state_t st;
+  autoscale_state_init(&st);
+  autoscale_decision_t d;
+  p.scale_up_window_s = 0;
+  autoscale_sample_t x = {.now_s = 1, .ttft_p90_ms = NAN, .itl_p90_ms = NAN, .n_queued = 20, .n_running = 1,
+                          .kv_usage = NAN, .ready_replicas = 1};
+  assert_int_equal(autoscale_decide(&p, &st, 1, &x, &st, &d), 0);
+  assert_true(d.actuate);
+  assert_int_equal(d.reason, R(QUEUE_ABOVE_TARGET));
+  assert_string_equal(d.message, "scale 1 -> 3: queue per replica 20 > target 4");
+}
+
 static void test_metrics_text(void **state) {
   (void)state;
   autoscale_policy_t p;
@@ -305,6 +399,7 @@ static void assert_policy_equal(const autoscale_policy_t *a, const autoscale_pol
   assert_int_equal(a->gpu_budget, b->gpu_budget);
   assert_int_equal(a->mode, b->mode);
   assert_int_equal(a->interval_s, b->interval_s);
+  assert_int_equal(a->latency_window_s, b->latency_window_s);
 }
 
 static void test_policy_roundtrip(void **state) {
@@ -315,7 +410,7 @@ static void test_policy_roundtrip(void **state) {
   p.min_replicas = 2, p.max_replicas = 7, p.ttft_p90_ms = 321.5, p.itl_p90_ms = 0, p.queue_per_replica = 2.5;
   p.kv_usage = 0.75, p.scale_up_step = 3, p.scale_down_step = 2, p.scale_up_window_s = 15;
   p.scale_down_window_s = 600, p.cooldown_s = 45, p.gpus_per_replica = 4, p.gpu_budget = 28;
-  p.mode = AUTOSCALE_MODE_OBSERVE, p.interval_s = 5;
+  p.mode = AUTOSCALE_MODE_OBSERVE, p.interval_s = 5, p.latency_window_s = 45;
   char *js = autoscale_policy_to_json(&p);
   assert_non_null(js);
   /* Read back independently of our parser. */
@@ -324,7 +419,8 @@ static void test_policy_roundtrip(void **state) {
   assert_string_equal(cJSON_GetObjectItem(j, "mode")->valuestring, "observe");
   assert_true(cJSON_GetObjectItem(j, "ttft_p90_ms")->valuedouble == 321.5);
   assert_int_equal(cJSON_GetObjectItem(j, "gpu_budget")->valueint, 28);
-  assert_int_equal(cJSON_GetArraySize(j), 15);
+  assert_int_equal(cJSON_GetObjectItem(j, "latency_window_s")->valueint, 45);
+  assert_int_equal(cJSON_GetArraySize(j), 16);
   cJSON_Delete(j);
   autoscale_policy_defaults(&q);
   char err[256];
@@ -363,6 +459,8 @@ static void test_policy_errors(void **state) {
       {"{\"bogus\": 1}", STRATA_EINVAL, "bogus", "unknown"},
       {"{\"mode\": \"turbo\"}", STRATA_EINVAL, "mode", "active, observe"},
       {"{\"cooldown_s\": \"60\"}", STRATA_EINVAL, "cooldown_s", "number"},
+      {"{\"latency_window_s\": 0}", STRATA_EINVAL, "latency_window_s", "minimum 1"},
+      {"{\"latency_window_s\": 3601}", STRATA_EINVAL, "latency_window_s", "maximum 3600"},
       {"{\"gpus_per_replica\": 2, \"gpu_budget\": 3, \"min_replicas\": 2}", STRATA_EINVAL, "gpu_budget 3",
        "min_replicas"},
       {"[1, 2]", STRATA_EFORMAT, "JSON", "object"},
@@ -457,6 +555,7 @@ int main(void) {
       cmocka_unit_test(test_gpu_budget),       cmocka_unit_test(test_min_max),
       cmocka_unit_test(test_from_zero_and_guards), cmocka_unit_test(test_worst_signal),
       cmocka_unit_test(test_external_edit),    cmocka_unit_test(test_metrics_text),
+      cmocka_unit_test(test_bursty_load_does_not_flap), cmocka_unit_test(test_sustained_rise_and_fall),
       cmocka_unit_test(test_policy_roundtrip), cmocka_unit_test(test_policy_partial_json),
       cmocka_unit_test(test_policy_errors),    cmocka_unit_test(test_policy_kv),
       cmocka_unit_test(test_policy_update),    cmocka_unit_test(test_bad_decide_args),

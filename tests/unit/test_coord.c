@@ -30,6 +30,9 @@ static void test_option_defaults(void **state) {
   /* the documented defaults (docs/cluster.md, the brief's command line) */
   assert_int_equal(conf.port, 8000);
   assert_int_equal(conf.grpc_port, 50052);
+  assert_int_equal(conf.inference_grpc_port, 50051);
+  assert_int_equal(conf.api_keys.n, 0);
+  assert_null(conf.tls_cert);
   assert_int_equal(conf.migration_limit, 3);
   assert_string_equal(conf.cluster, "default");
   assert_string_equal(conf.actuator, "none");
@@ -41,6 +44,33 @@ static void test_option_defaults(void **state) {
   assert_int_equal(cfg_load(coord_options(), &conf, 2, bad, NULL, NULL, err, sizeof err), STRATA_EINVAL);
   assert_non_null(strstr(err, "migration-limit"));
   cfg_free(coord_options(), &conf);
+}
+
+/* --api-key: a comma list in STRATA_API_KEY (as the Helm chart passes it), replaced by the command
+ * line, where it repeats; --inference-grpc-port takes -1 (off) but nothing below. */
+static void test_auth_options(void **state) {
+  (void)state;
+  coord_conf_t conf = {0};
+  char err[256] = "";
+  setenv("STRATA_API_KEY", "k1,k2", 1);
+  char *argv[] = {"--model", "dummy:tiny", "--etcd", "127.0.0.1:2379", "--inference-grpc-port", "-1"};
+  assert_int_equal(cfg_load(coord_options(), &conf, 6, argv, NULL, NULL, err, sizeof err), 0);
+  assert_int_equal(conf.api_keys.n, 2);
+  assert_string_equal(conf.api_keys.items[1], "k2");
+  assert_int_equal(conf.inference_grpc_port, -1);
+  cfg_free(coord_options(), &conf);
+  char *cli[] = {"--api-key", "k3", "--api-key", "k4", "--inference-grpc-port", "-2"};
+  assert_int_equal(cfg_load(coord_options(), &conf, 4, cli, NULL, NULL, err, sizeof err), 0);
+  assert_int_equal(conf.api_keys.n, 2);
+  assert_string_equal(conf.api_keys.items[0], "k3");
+  cfg_free(coord_options(), &conf);
+  assert_int_equal(cfg_load(coord_options(), &conf, 6, cli, NULL, NULL, err, sizeof err), STRATA_EINVAL);
+  assert_non_null(strstr(err, "inference-grpc-port"));
+  cfg_free(coord_options(), &conf);
+  unsetenv("STRATA_API_KEY");
+  /* a certificate without its key is refused before anything starts */
+  coord_conf_t half = {.model = "dummy:tiny", .etcd = "127.0.0.1:1", .tls_cert = "/nonexistent/cert.pem"};
+  assert_int_equal(coord_run(&half), STRATA_EINVAL);
 }
 
 static void test_run_requires_etcd(void **state) {
@@ -104,8 +134,9 @@ static void test_http_without_workers(void **state) {
   if (access(model, R_OK) != 0) skip();
   coord_conf_t defaults = {0};
   char err[256];
-  char *argv[] = {"--model", model, "--etcd", "127.0.0.1:1", "--grpc-port", "0", "--port", "0"};
-  assert_int_equal(cfg_load(coord_options(), &defaults, 8, argv, NULL, NULL, err, sizeof err), 0);
+  char *argv[] = {"--model", model, "--etcd", "127.0.0.1:1", "--grpc-port", "0", "--port", "0",
+                  "--inference-grpc-port", "0"};
+  assert_int_equal(cfg_load(coord_options(), &defaults, 10, argv, NULL, NULL, err, sizeof err), 0);
   int port = free_port();
   defaults.port = port;
   run_arg_t a = {.conf = defaults};
@@ -141,6 +172,7 @@ int main(void) {
   log_set_level(LOG_LEVEL_ERROR);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_option_defaults),
+      cmocka_unit_test(test_auth_options),
       cmocka_unit_test(test_run_requires_etcd),
       cmocka_unit_test(test_http_without_workers),
   };

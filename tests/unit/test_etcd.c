@@ -1,5 +1,6 @@
 /* test_etcd.c: the etcd client (common/etcd) against a real etcd on loopback ports
- * (tests/integration/etcd_util.sh): KV, txn, leases, registered keys, watches, restart, compaction. */
+ * (tests/integration/etcd_util.sh): KV, txn, leases, registered keys (revoked lease, deleted key,
+ * etcd restart longer than the TTL), watches, restart, compaction. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -391,6 +392,8 @@ static void test_restart(void **state) {
   etcd_watch_t *w = NULL;
   etcd_watch_cbs_t cbs = {on_events, on_reset, &o};
   assert_int_equal(etcd_register(c, "/rs/reg/me", "up", 2), 0);
+  int64_t l1 = etcd_session_lease(c);
+  assert_true(l1 != 0);
   assert_int_equal(etcd_watch_new(c, "/rs/w/", 0, &cbs, &w), 0);
   int64_t r[3];
   assert_int_equal(etcd_put(c, "/rs/w/1", "a", 1, 0, &r[0]), 0);
@@ -402,13 +405,29 @@ static void test_restart(void **state) {
   assert_int_equal(etcd_put(c, "/rs/w/2", "b", 1, 0, &r[1]), 0);
   assert_int_equal(etcd_put(c, "/rs/w/3", "c", 1, 0, &r[2]), 0);
   assert_int_equal(wait_events(&o, 3, 8000), 3);
+  /* etcd re-extends the old lease when it restarts, so the key alone proves nothing: it must be
+   * under a new lease of the session, within one TTL (plus slack for the tick and the backoff). */
   int64_t lease = 0;
   int present = 0;
-  for (int t = 0; t <= 2000 + 500 && present != 1; t += 100) { /* one TTL, plus slack for the tick */
+  for (int t = 0; t <= 2000 + 2500 && !(present == 1 && lease != l1); t += 100) {
     present = key_present(c, "/rs/reg/me", &lease);
-    if (present != 1) sleep_ms(100);
+    if (!(present == 1 && lease != l1)) sleep_ms(100);
   }
   assert_int_equal(present, 1);
+  assert_true(lease != l1 && lease != 0);
+  /* The replaced lease is revoked rather than left to run out: putting under it fails. */
+  int rc = 0;
+  for (int t = 0; t <= 2000 && rc != STRATA_ENOTFOUND; t += 100) {
+    rc = etcd_put(c, "/rs/probe", "x", 1, l1, NULL);
+    if (rc != STRATA_ENOTFOUND) sleep_ms(100);
+  }
+  assert_int_equal(rc, STRATA_ENOTFOUND);
+  /* One loss and one restore for the whole outage, however many retries it took. */
+  pthread_mutex_lock(&obs.mu);
+  assert_int_equal(obs.n_lost, 1);
+  assert_int_equal(obs.n_restored, 1);
+  assert_int_equal(obs.last_lease, lease);
+  pthread_mutex_unlock(&obs.mu);
   sleep_ms(300);
   pthread_mutex_lock(&o.mu);
   assert_int_equal(o.n, 3); /* nothing repeated */
@@ -423,6 +442,89 @@ static void test_restart(void **state) {
   etcd_watch_free(w);
   assert_int_equal(etcd_session_close(c), 0);
   assert_int_equal(etcd_delete_prefix(c, "/rs/", NULL), 0);
+  etcd_client_free(c);
+}
+
+/* An operator deletes a registered key while the lease lives (etcdctl del): the session notices
+ * after an answered renewal (a third of the TTL) and puts it back under the same lease, without
+ * reporting a lost session. A key overwritten without a lease is taken back too. */
+static void test_key_deleted(void **state) {
+  sess_obs_t obs = {PTHREAD_MUTEX_INITIALIZER, 0, 0, 0};
+  etcd_client_t *c = client(3, &obs);
+  NEED_ETCD(c);
+  assert_int_equal(etcd_register(c, "/del/me", "v1", 2), 0);
+  assert_int_equal(etcd_register(c, "/del/other", "v2", 2), 0);
+  int64_t l1 = etcd_session_lease(c), lease = 0;
+  int64_t n_del = 0;
+  assert_int_equal(etcd_delete(c, "/del/me", &n_del), 0);
+  assert_int_equal(n_del, 1);
+  int present = 0;
+  for (int t = 0; t <= 3000 + 1000 && present != 1; t += 50) { /* one TTL, plus slack */
+    present = key_present(c, "/del/me", &lease);
+    if (present != 1) sleep_ms(50);
+  }
+  assert_int_equal(present, 1);
+  assert_int_equal(lease, l1);
+  etcd_kvs_t r;
+  assert_int_equal(etcd_get(c, "/del/me", 0, &r), 0);
+  assert_int_equal(r.n_kvs, 1);
+  assert_memory_equal(r.kvs[0].value, "v1", 2);
+  etcd_kvs_free(&r);
+  /* Overwritten by someone else, without a lease: the registered value comes back. */
+  assert_int_equal(etcd_put(c, "/del/other", "intruder", 8, 0, NULL), 0);
+  int ok = 0;
+  for (int t = 0; t <= 3000 + 1000 && !ok; t += 50) {
+    if (etcd_get(c, "/del/other", 0, &r) == 0) {
+      ok = r.n_kvs == 1 && r.kvs[0].lease == l1 && r.kvs[0].value_len == 2 && !memcmp(r.kvs[0].value, "v2", 2);
+      etcd_kvs_free(&r);
+    }
+    if (!ok) sleep_ms(50);
+  }
+  assert_true(ok);
+  pthread_mutex_lock(&obs.mu);
+  assert_int_equal(obs.n_lost, 0);
+  pthread_mutex_unlock(&obs.mu);
+  assert_int_equal(etcd_session_lease(c), l1);
+  assert_int_equal(etcd_session_close(c), 0);
+  assert_int_equal(key_present(c, "/del/me", NULL), 0);
+  assert_int_equal(key_present(c, "/del/other", NULL), 0);
+  etcd_client_free(c);
+}
+
+/* etcd comes back with an empty store (data dir lost; revisions start over): a watch cannot resume at
+ * its revision, so it re-lists (on_reset) and follows the new store from there. Wipes etcd: run last. */
+static void test_store_wiped(void **state) {
+  etcd_client_t *c = client(0, NULL);
+  NEED_ETCD(c);
+  watch_obs_t o = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  etcd_watch_t *w = NULL;
+  etcd_watch_cbs_t cbs = {on_events, on_reset, &o};
+  for (int i = 0; i < 5; i++) assert_int_equal(etcd_put(c, "/wp/old", "x", 1, 0, NULL), 0);
+  assert_int_equal(etcd_watch_new(c, "/wp/", 0, &cbs, &w), 0);
+  assert_int_equal(etcd_put(c, "/wp/a", "1", 1, 0, NULL), 0);
+  assert_int_equal(wait_events(&o, 1, 5000), 1);
+  assert_int_equal(sh("kill"), 0);
+  char cmd[PATH_MAX + 32];
+  snprintf(cmd, sizeof(cmd), "rm -rf '%s/data'", g_dir);
+  assert_int_equal(system(cmd), 0);
+  assert_int_equal(sh("start"), 0);
+  int64_t rev = 0;
+  assert_int_equal(etcd_put(c, "/wp/new", "2", 1, 0, &rev), 0);
+  assert_true(rev < 5); /* the store really started over */
+  int seen = 0;
+  for (int t = 0; t < 8000 && !seen; t += 50) {
+    pthread_mutex_lock(&o.mu);
+    int in_reset = 0;
+    for (int i = 0; i < o.n_reset_keys; i++) in_reset |= strcmp(o.reset_keys[i], "/wp/new") == 0;
+    seen = o.n_resets == 1 && (in_reset || (o.n > 1 && strcmp(o.evs[o.n - 1].key, "/wp/new") == 0));
+    if (seen) {
+      for (int i = 0; i < o.n_reset_keys; i++) assert_string_not_equal(o.reset_keys[i], "/wp/a");
+    }
+    pthread_mutex_unlock(&o.mu);
+    if (!seen) sleep_ms(50);
+  }
+  assert_true(seen);
+  etcd_watch_free(w);
   etcd_client_free(c);
 }
 
@@ -458,7 +560,9 @@ int main(void) {
       cmocka_unit_test(test_compaction_relist),
       cmocka_unit_test(test_unreachable),
       cmocka_unit_test(test_registered_keys),
+      cmocka_unit_test(test_key_deleted),
       cmocka_unit_test(test_restart),
+      cmocka_unit_test(test_store_wiped),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -234,6 +234,51 @@ static void test_reset(void **state) {
   registry_deinit(&reg);
 }
 
+/* After an etcd outage every worker puts its unchanged registration again (under a new lease), and a
+ * coordinator whose watch had to re-list gets the same table back: neither may cost the worker its
+ * load, health or prefix-cache index, or the blip would show up as cold caches and misrouting. */
+static void test_reregister_after_outage(void **state) {
+  (void)state;
+  registry_t reg;
+  assert_int_equal(registry_init(&reg, "c1", NULL), 0);
+  assert_int_equal(put(&reg, KEY("unified", "a"), "a", "unified", "m", 16, 100), 0);
+  assert_int_equal(put(&reg, KEY("unified", "b"), "b", "unified", "m", 16, 100), 0);
+  registry_load_t load = {.running = 3, .waiting = 1, .active_decode_blocks = 7, .kv_used_blocks = 20,
+                          .kv_total_blocks = 100};
+  assert_int_equal(registry_set_load(&reg, "a", &load, 1000), 0);
+  const uint64_t stored[] = {11, 22, 33};
+  assert_int_equal(registry_kv_event(&reg, "a", 1, stored, 3, NULL, 0), 0);
+  assert_int_equal(registry_set_health(&reg, "b", REGISTRY_DRAINING, "operator", 5), 0);
+
+  /* the re-put, as the watch delivers it once etcd is back */
+  assert_int_equal(put(&reg, KEY("unified", "a"), "a", "unified", "m", 16, 100), 0);
+  assert_int_equal(put(&reg, KEY("unified", "b"), "b", "unified", "m", 16, 100), 0);
+  /* a re-list with the same content */
+  char va[1024], vb[1024];
+  worker_json(va, sizeof va, "a", "unified", "m", 16, 100);
+  worker_json(vb, sizeof vb, "b", "unified", "m", 16, 100);
+  registry_entry_t relist[] = {{KEY("unified", "a"), va, strlen(va)}, {KEY("unified", "b"), vb, strlen(vb)}};
+  assert_int_equal(registry_reset(&reg, relist, 2), 0);
+
+  assert_int_equal(registry_count(&reg), 2);
+  registry_worker_t *a = registry_find(&reg, "a");
+  assert_non_null(a);
+  assert_int_equal(a->health, REGISTRY_READY);
+  assert_int_equal(a->load.running, 3);
+  assert_int_equal(a->load.kv_used_blocks, 20);
+  assert_int_equal(a->load_updated_ms, 1000);
+  assert_int_equal(a->kv_seq, 1);
+  assert_int_equal(registry_cached_count(a), 3);
+  assert_int_equal(registry_prefix_hits(a, stored, 3), 3);
+  assert_int_equal(registry_find(&reg, "b")->health, REGISTRY_DRAINING);
+  /* the next KV batch continues the sequence: nothing was wiped */
+  const uint64_t more[] = {44};
+  assert_int_equal(registry_kv_event(&reg, "a", 2, more, 1, NULL, 0), 0);
+  assert_int_equal(a->n_kv_resyncs, 0);
+  assert_int_equal(registry_cached_count(a), 4);
+  registry_deinit(&reg);
+}
+
 static void test_health(void **state) {
   (void)state;
   registry_t reg;
@@ -389,6 +434,7 @@ int main(void) {
       cmocka_unit_test(test_parse_garbage),
       cmocka_unit_test(test_put_update_delete),
       cmocka_unit_test(test_reset),
+      cmocka_unit_test(test_reregister_after_outage),
       cmocka_unit_test(test_health),
       cmocka_unit_test(test_kv_events_and_gaps),
       cmocka_unit_test(test_memory_cap),

@@ -1,14 +1,20 @@
 /* test_rpc.c: the gRPC glue (common/rpc): message buffers, a loopback echo server with unary and
- * server-streaming methods, deadlines, cancellation and clean shutdown. */
+ * server-streaming methods, deadlines, cancellation, clean shutdown, client metadata, and keepalive
+ * finding a peer behind a blackholed connection. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -21,6 +27,9 @@
 #define SAY "/strata.test.Echo/Say"
 #define COUNT "/strata.test.Echo/Count"
 #define SLOW "/strata.test.Echo/Slow"
+/* Served by the test server only (not in echo.proto): EchoRequest in, EchoReply out. */
+#define META "/strata.test.Echo/Meta" /* one reply: the x-api-key header, or "(none)" */
+#define HOLD "/strata.test.Echo/Hold" /* one reply, then the call stays open until the client leaves */
 
 /* ---- server side ---- */
 
@@ -108,11 +117,32 @@ static void echo_done(void *arg, rpc_server_call_t *call, int cancelled) {
   pthread_mutex_unlock(&g_srv.mu);
 }
 
+static void echo_meta(void *arg, const ProtobufCMessage *m, rpc_server_call_t *call) {
+  char key[128];
+  Strata__Test__EchoReply r = STRATA__TEST__ECHO_REPLY__INIT;
+  r.text = rpc_server_call_metadata(call, "x-api-key", key, sizeof(key)) >= 0 ? key : "(none)";
+  rpc_server_call_send(call, &r.base);
+  rpc_server_call_finish(call, GRPC_STATUS_OK, NULL);
+}
+
+static void echo_hold(void *arg, const ProtobufCMessage *m, rpc_server_call_t *call) {
+  Strata__Test__EchoReply r = STRATA__TEST__ECHO_REPLY__INIT;
+  r.text = "held";
+  rpc_server_call_send(call, &r.base);
+}
+
+static void echo_hold_done(void *arg, rpc_server_call_t *call, int cancelled) {
+  rpc_server_call_finish(call, GRPC_STATUS_CANCELLED, "client left");
+}
+
 static const rpc_method_t g_methods[] = {
     {.path = SAY, .request = &strata__test__echo_request__descriptor, .unary = echo_say},
     {.path = SLOW, .request = &strata__test__echo_request__descriptor, .unary = echo_slow},
     {.path = COUNT, .request = &strata__test__echo_request__descriptor, .stream = echo_count, .done = echo_done},
+    {.path = META, .request = &strata__test__echo_request__descriptor, .stream = echo_meta},
+    {.path = HOLD, .request = &strata__test__echo_request__descriptor, .stream = echo_hold, .done = echo_hold_done},
 };
+#define N_METHODS (sizeof(g_methods) / sizeof(g_methods[0]))
 
 /* ---- client side ---- */
 
@@ -133,6 +163,7 @@ static void cl_message(rpc_stream_t *s, const ProtobufCMessage *m, void *arg) {
   if (c->n_msgs == 0) snprintf(c->first_text, sizeof(c->first_text), "%s", r->text);
   c->n_msgs++;
   if (c->cancel_after && c->n_msgs == c->cancel_after) rpc_stream_cancel(s);
+  pthread_cond_broadcast(&c->cv);
   pthread_mutex_unlock(&c->mu);
 }
 
@@ -151,6 +182,24 @@ static void wait_closed(client_state_t *c) {
   pthread_mutex_unlock(&c->mu);
 }
 
+/* wait_until: waits at most MS for *FIELD (under c->mu) to reach at least WANT; returns its value. */
+static int wait_until(client_state_t *c, const int *field, int want, int ms) {
+  struct timespec dl;
+  clock_gettime(CLOCK_REALTIME, &dl);
+  dl.tv_sec += ms / 1000;
+  dl.tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (dl.tv_nsec >= 1000000000L) {
+    dl.tv_sec++;
+    dl.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&c->mu);
+  while (*field < want && pthread_cond_timedwait(&c->cv, &c->mu, &dl) == 0) {
+  }
+  int v = *field;
+  pthread_mutex_unlock(&c->mu);
+  return v;
+}
+
 typedef struct {
   rpc_server_t *srv;
   rpc_loop_t *loop;
@@ -161,7 +210,7 @@ static int setup(void **state) {
   rpc_init();
   fixture_t *f = calloc(1, sizeof(*f));
   rpc_server_opts_t so = {.addr = "127.0.0.1:0"};
-  if (rpc_server_new(&so, g_methods, 3, &f->srv) < 0) return -1;
+  if (rpc_server_new(&so, g_methods, N_METHODS, &f->srv) < 0) return -1;
   char target[64];
   snprintf(target, sizeof(target), "127.0.0.1:%d", rpc_server_port(f->srv));
   if (rpc_channel_new(target, NULL, &f->ch) < 0) return -1;
@@ -358,7 +407,7 @@ static void test_shutdown_mid_stream(void **state) {
   assert_int_not_equal(c.rc, 0);
   rpc_stream_release(s);
   rpc_server_opts_t so = {.addr = "127.0.0.1:0"};
-  assert_int_equal(rpc_server_new(&so, g_methods, 3, &f->srv), 0); /* for teardown */
+  assert_int_equal(rpc_server_new(&so, g_methods, N_METHODS, &f->srv), 0); /* for teardown */
 }
 
 /* TLS: a self-signed certificate for 127.0.0.1 made with the openssl tool; the right CA connects,
@@ -380,7 +429,7 @@ static void test_tls(void **state) {
   rpc_init();
   rpc_server_t *srv = NULL;
   rpc_server_opts_t so = {.addr = "127.0.0.1:0", .cert_file = cert, .key_file = key};
-  assert_int_equal(rpc_server_new(&so, g_methods, 3, &srv), 0);
+  assert_int_equal(rpc_server_new(&so, g_methods, N_METHODS, &srv), 0);
   char target[64];
   snprintf(target, sizeof(target), "127.0.0.1:%d", rpc_server_port(srv));
   grpc_channel *ch = NULL, *plain = NULL;
@@ -407,6 +456,162 @@ static void test_tls(void **state) {
   assert_int_equal(system(cmd), 0);
 }
 
+/* Client metadata reaches the server's handler; a header gRPC cannot send is refused up front. */
+static void test_stream_metadata(void **state) {
+  fixture_t *f = *state;
+  Strata__Test__EchoRequest req = STRATA__TEST__ECHO_REQUEST__INIT;
+  rpc_stream_cbs_t cbs = {cl_message, cl_close};
+  const rpc_md_t md[] = {{"authorization", "Bearer abc"}, {"x-api-key", "sk-test-123"}};
+  client_state_t c = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 1, 0, 0, 0, NULL, ""};
+  rpc_stream_t *s = NULL;
+  assert_int_equal(rpc_stream_open_md(f->loop, f->ch, META, md, 2, &strata__test__echo_reply__descriptor, &req.base,
+                                      1, 5000, &cbs, &c, &s),
+                   0);
+  wait_closed(&c);
+  assert_int_equal(c.rc, 0);
+  assert_string_equal(c.first_text, "sk-test-123");
+  rpc_stream_release(s);
+  /* Without metadata (the plain call) the server sees none. */
+  client_state_t c2 = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 1, 0, 0, 0, NULL, ""};
+  assert_int_equal(rpc_stream_open(f->loop, f->ch, META, &strata__test__echo_reply__descriptor, &req.base, 1, 5000,
+                                   &cbs, &c2, &s),
+                   0);
+  wait_closed(&c2);
+  assert_string_equal(c2.first_text, "(none)");
+  rpc_stream_release(s);
+  /* Upper case and reserved names, and a newline in a value, would be refused by gRPC on the wire. */
+  const rpc_md_t bad[][1] = {{{"X-Api-Key", "v"}}, {{"grpc-timeout", "1S"}}, {{"x-api-key", "a\nb"}}};
+  for (int i = 0; i < 3; i++) {
+    s = (rpc_stream_t *)&c; /* must be reset */
+    assert_int_equal(rpc_stream_open_md(f->loop, f->ch, META, bad[i], 1, &strata__test__echo_reply__descriptor,
+                                        &req.base, 1, 5000, &cbs, &c2, &s),
+                     STRATA_EINVAL);
+    assert_null(s);
+  }
+}
+
+/* ---- a TCP relay that can turn into a blackhole (a hung peer: the connection stays open, nothing
+ * comes back), for keepalive ---- */
+
+typedef struct {
+  int lfd, target_port, port;
+  int fds[8][2]; /* (client, server) pairs */
+  int n;
+  atomic_int blackhole, stop;
+  pthread_t th;
+} relay_t;
+
+static int relay_pump(int from, int to) {
+  char buf[16384];
+  ssize_t n = read(from, buf, sizeof(buf));
+  if (n <= 0) return -1;
+  for (ssize_t off = 0; off < n;) {
+    ssize_t w = write(to, buf + off, (size_t)(n - off));
+    if (w <= 0) return -1;
+    off += w;
+  }
+  return 0;
+}
+
+static void *relay_main(void *p) {
+  relay_t *r = p;
+  while (!atomic_load(&r->stop)) {
+    if (atomic_load(&r->blackhole)) { /* read nothing, answer nothing, close nothing */
+      usleep(20000);
+      continue;
+    }
+    struct pollfd pf[17];
+    int n = 0;
+    pf[n++] = (struct pollfd){.fd = r->lfd, .events = POLLIN};
+    for (int i = 0; i < r->n; i++) {
+      pf[n++] = (struct pollfd){.fd = r->fds[i][0], .events = POLLIN};
+      pf[n++] = (struct pollfd){.fd = r->fds[i][1], .events = POLLIN};
+    }
+    if (poll(pf, (nfds_t)n, 20) <= 0) continue;
+    if ((pf[0].revents & POLLIN) && r->n < 8) {
+      int cfd = accept(r->lfd, NULL, NULL);
+      int sfd = socket(AF_INET, SOCK_STREAM, 0);
+      struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)r->target_port)};
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      if (cfd >= 0 && sfd >= 0 && connect(sfd, (struct sockaddr *)&a, sizeof(a)) == 0) {
+        r->fds[r->n][0] = cfd;
+        r->fds[r->n++][1] = sfd;
+      } else {
+        if (cfd >= 0) close(cfd);
+        if (sfd >= 0) close(sfd);
+      }
+    }
+    for (int i = 0; i < r->n && !atomic_load(&r->blackhole); i++) {
+      short ce = pf[1 + 2 * i].revents, se = pf[2 + 2 * i].revents;
+      if ((ce & (POLLIN | POLLHUP) && relay_pump(r->fds[i][0], r->fds[i][1]) < 0) ||
+          (se & (POLLIN | POLLHUP) && relay_pump(r->fds[i][1], r->fds[i][0]) < 0)) {
+        close(r->fds[i][0]); /* one side closed: pass it on (poll skips negative descriptors) */
+        close(r->fds[i][1]);
+        r->fds[i][0] = r->fds[i][1] = -1;
+      }
+    }
+  }
+  return NULL;
+}
+
+static void relay_start(relay_t *r, int target_port) {
+  memset(r, 0, sizeof(*r));
+  r->target_port = target_port;
+  r->lfd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  assert_int_equal(bind(r->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+  assert_int_equal(listen(r->lfd, 8), 0);
+  assert_int_equal(getsockname(r->lfd, (struct sockaddr *)&a, &len), 0);
+  r->port = ntohs(a.sin_port);
+  assert_int_equal(pthread_create(&r->th, NULL, relay_main, r), 0);
+}
+
+static void relay_stop(relay_t *r) {
+  atomic_store(&r->stop, 1);
+  pthread_join(r->th, NULL);
+  for (int i = 0; i < r->n; i++) {
+    if (r->fds[i][0] >= 0) close(r->fds[i][0]);
+    if (r->fds[i][1] >= 0) close(r->fds[i][1]);
+  }
+  close(r->lfd);
+}
+
+/* A stream to a peer that stops answering (the relay swallows everything, like a SIGSTOPped
+ * process or a dropped route) ends with UNAVAILABLE once a keepalive ping goes unanswered, instead
+ * of hanging forever; while the peer answers, the pings keep an idle stream alive (the server
+ * permits them). */
+static void test_keepalive_blackhole(void **state) {
+  fixture_t *f = *state;
+  relay_t r;
+  relay_start(&r, rpc_server_port(f->srv));
+  char target[64];
+  snprintf(target, sizeof(target), "127.0.0.1:%d", r.port);
+  grpc_channel *ch = NULL;
+  rpc_channel_opts_t co = {.keepalive_ms = 100, .keepalive_timeout_ms = 500};
+  assert_int_equal(rpc_channel_new(target, &co, &ch), 0);
+  client_state_t c = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 1, 0, 0, 0, NULL, ""};
+  Strata__Test__EchoRequest req = STRATA__TEST__ECHO_REQUEST__INIT;
+  rpc_stream_cbs_t cbs = {cl_message, cl_close};
+  rpc_stream_t *s = NULL;
+  assert_int_equal(rpc_stream_open(f->loop, ch, HOLD, &strata__test__echo_reply__descriptor, &req.base, 1, 0, &cbs,
+                                   &c, &s),
+                   0);
+  assert_int_equal(wait_until(&c, &c.n_msgs, 1, 10000), 1);
+  assert_string_equal(c.first_text, "held");
+  /* Three or more pings on an idle stream (gRPC sends at most one a second): a server that refused
+   * them would send GOAWAY "too_many_pings" after the third (its default allows one per 5 minutes)
+   * and the call would end. */
+  assert_int_equal(wait_until(&c, &c.closed, 1, 4000), 0);
+  atomic_store(&r.blackhole, 1);
+  assert_int_equal(wait_until(&c, &c.closed, 1, 15000), 1);
+  assert_int_equal(c.rc, STRATA_EUNAVAILABLE);
+  rpc_stream_release(s);
+  grpc_channel_destroy(ch);
+  relay_stop(&r);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_buffers),
@@ -417,6 +622,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_cancelled_stream, setup, teardown),
       cmocka_unit_test_setup_teardown(test_shutdown_mid_stream, setup, teardown),
       cmocka_unit_test(test_tls),
+      cmocka_unit_test_setup_teardown(test_stream_metadata, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_keepalive_blackhole, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

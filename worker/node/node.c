@@ -145,14 +145,6 @@ static void signals_restore(const struct sigaction *old_term, const struct sigac
   g_sig_pipe[0] = g_sig_pipe[1] = -1;
 }
 
-static void on_session(void *arg, etcd_session_event_t ev, int64_t lease) {
-  worker_node_t *n = arg;
-  /* NOTE: lease lost -> stop admitting; in-flight requests go on (the coordinator still streams them)
-   * and the etcd client re-puts our key under a new lease by itself. Never exit over it. */
-  atomic_store(&n->lease_lost, ev == ETCD_SESSION_LOST);
-  node_wake(n);
-}
-
 /* The registrar thread: etcd may be down at start; keep trying without blocking the control loop. */
 static void *registrar_main(void *arg) {
   worker_node_t *n = arg;
@@ -241,8 +233,8 @@ static int start_etcd(worker_node_t *n, pthread_t *th) {
                            .version = STRATA_VERSION, .pool = (worker_pool_t)n->conf->pool, .tp = 1, .pp = 1,
                            .block_size = n->conf->block_size, .kv_blocks = n->kv_blocks};
   if (!(n->reg_json = worker_node_reg_json(&reg))) return STRATA_ENOMEM;
-  etcd_config_t ec = {.endpoints = n->conf->etcd, .timeout_ms = 2000, .session_ttl_s = n->conf->lease_ttl_s,
-                      .on_session = on_session, .arg = n};
+  /* No on_session: a lapsed lease changes nothing here. The client re-puts the key by itself. */
+  etcd_config_t ec = {.endpoints = n->conf->etcd, .timeout_ms = 2000, .session_ttl_s = n->conf->lease_ttl_s};
   int rc = etcd_client_new(&ec, &n->etcd);
   if (rc) {
     log_error("worker: cannot set up the etcd client for '%s': %s", n->conf->etcd, strata_strerror(rc));
@@ -291,7 +283,6 @@ static int control_step(worker_node_t *n, int64_t now) {
 }
 
 static int control_loop(worker_node_t *n, int sig_fd) {
-  int lease_lost = 0;
   n->next_event_ms = node_now_ms();
   for (;;) {
     struct pollfd pf[2] = {{.fd = n->wake_fd, .events = POLLIN}, {.fd = sig_fd, .events = POLLIN}};
@@ -309,12 +300,6 @@ static int control_loop(worker_node_t *n, int sig_fd) {
         snprintf(why, sizeof why, "signal %u", (unsigned)signo);
         begin_drain(n, node_now_ms() + (int64_t)n->conf->drain_timeout_s * 1000, why);
       }
-    }
-    int lost = atomic_load(&n->lease_lost);
-    if (lost != lease_lost) {
-      log_info("worker: etcd session %s: %s", lost ? "lost" : "restored",
-               lost ? "not admitting requests until it is back" : "admitting requests again");
-      lease_lost = lost;
     }
     if (control_step(n, node_now_ms())) return 0;
   }

@@ -62,7 +62,9 @@ const char *worker_pool_name(worker_pool_t pool);
  * deadline) and it deregistered. Prints "strata-worker: listening on HOST:PORT" on stdout once it
  * serves. Returns 0 after a drain, or a STRATA_E* code (logged) when it could not start. Call once
  * per process: it owns SIGTERM and SIGINT while it runs. etcd being unreachable is not an error: the
- * worker serves and keeps trying to register. */
+ * worker serves and keeps trying to register, and a registration lost during an outage (lease lapsed,
+ * key deleted) is put back by the etcd client once etcd answers; admission never depends on it (only
+ * Drain and SIGTERM/SIGINT stop it). */
 int worker_node_run(const worker_node_conf_t *conf);
 
 #endif

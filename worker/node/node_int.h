@@ -46,7 +46,7 @@ typedef struct worker_node {
   engine_loop_t *engine;
   rpc_server_t *rpc;
   etcd_client_t *etcd;
-  int wake_fd;               /* eventfd: engine events, handler requests, etcd session changes */
+  int wake_fd;               /* eventfd: engine events, handler requests */
   rpc_method_t methods[3];
 
   /* identity (set before serving, then read-only) */
@@ -70,7 +70,8 @@ typedef struct worker_node {
   int n_stored, n_removed, cap_stored, cap_removed;
   int kv_overflow;
 
-  atomic_int lease_lost;     /* etcd session lost: admit nothing until it is restored */
+  /* NOTE: nothing here ties admission to etcd: registration is discovery, not health. Only a drain
+   * (Drain RPC, SIGTERM) stops admission; an etcd outage is the etcd client's to ride out. */
   atomic_int stopping;       /* the registrar thread gives up */
 
   /* control thread only */

@@ -96,10 +96,6 @@ static int admit_check(worker_node_t *n, char *why, size_t len) {
     snprintf(why, len, "draining");
     return 0;
   }
-  if (atomic_load(&n->lease_lost)) {
-    snprintf(why, len, "not registered: the etcd lease was lost; retry on another worker");
-    return 0;
-  }
   return 1;
 }
 
