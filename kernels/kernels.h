@@ -82,6 +82,15 @@ int kern_matmul(float *out, const float *x, const void *w, dtype_t wtype, int N,
 void kern_rope_kv_write(float *q, float *k, const float *v, kern_kv_t *kv, int layer, const int32_t *positions,
                         const int32_t *slots, int T, int H, int style, const float *inv_freq, kern_pool_t *pool);
 
+/* The fused-projection variant of kern_rope_kv_write. QKV(T, LD) holds in each row q (H*D), k (Hkv*D),
+ * v (Hkv*D), one after the other. Q_OUT(T,H*D) = RoPE(q) (packed; must not overlap QKV); k is rotated and
+ * written with v to the cache at SLOTS; QKV is read only. Q_NORM / K_NORM (D) or NULL: each q / k head
+ * goes through kern_rmsnorm (EPS) first, giving exactly what kern_rmsnorm then kern_rope_kv_write give.
+ * A token with a slot outside the cache gets its q_out row but no cache write (logged). */
+void kern_rope_qkv_write(float *q_out, const float *qkv, int ld, const float *q_norm, const float *k_norm, float eps,
+                         kern_kv_t *kv, int layer, const int32_t *positions, const int32_t *slots, int T, int H,
+                         int style, const float *inv_freq, kern_pool_t *pool);
+
 /* out(T,H*D): causal attention of query row t of sequence s = seq_of[t] over its cached positions
  * 0..positions[t], read through block_table(S, max_blocks); query head h uses KV head h / (H/Hkv).
  * p = softmax(q.k * scale) over positions in order (max-subtracted); out = sum_p p * v.
@@ -92,6 +101,11 @@ void kern_attention(float *out, const float *q, const kern_kv_t *kv, int layer, 
 
 /* out(T,F) = silu(gate) * up, silu(g) = g / (1 + exp(-g)). OUT may equal GATE or UP. */
 void kern_silu_mul(float *out, const float *gate, const float *up, int T, int F, kern_pool_t *pool);
+
+/* out(T,F) = silu(gate) * up with the rows of GATE and UP LD >= F elements apart (a fused gate|up
+ * projection: gate = gu, up = gu + F, LD = 2F); OUT (T,F) packed, must not overlap GATE or UP unless
+ * LD == F (then as kern_silu_mul). */
+void kern_silu_mul_ld(float *out, const float *gate, const float *up, int T, int F, int ld, kern_pool_t *pool);
 
 /* out(T,C) = a + b. OUT may equal A or B. */
 void kern_add(float *out, const float *a, const float *b, int T, int C, kern_pool_t *pool);

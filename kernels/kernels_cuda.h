@@ -52,6 +52,14 @@ int cuda_add_rmsnorm(void *out, void *residual, const void *x, const float *w, i
 int cuda_gemv(void *out, const void *x, const void *w, int N, int K, const float *bias, int T, dtype_t act,
               cudaStream_t stream);
 
+/* cuda_gemv_impl: cuda_gemv with a chosen version, for benchmarks: 0 the first (8 loads in flight per lane,
+ * plain launch), 1 the default (16 in flight for T <= 2, programmatic dependent launch on sm_90 unless
+ * STRATA_CUDA_PDL=0), 2 as 1 without the dependent launch, 3 as 0 with it (unless STRATA_CUDA_PDL=0).
+ * cuda_gemv uses 1, or 3 with STRATA_CUDA_GEMV=v1. All give the same bits (each lane sums its slice of K in
+ * the same order). */
+int cuda_gemv_impl(int impl, void *out, const void *x, const void *w, int N, int K, const float *bias, int T,
+                   dtype_t act, cudaStream_t stream);
+
 /* out(T,N) += bias(N) (f32), after a cuBLASLt product. */
 int cuda_add_bias(void *out, const float *bias, int T, int N, dtype_t act, cudaStream_t stream);
 
@@ -60,16 +68,26 @@ int cuda_add_bias(void *out, const float *bias, int T, int N, dtype_t act, cudaS
 int cuda_rope_kv_write(void *q, void *k, const void *v, cuda_kv_t *kv, int layer, const int32_t *positions,
                        const int32_t *slots, int T, int H, int style, const float *inv_freq, cudaStream_t stream);
 
+/* As kern_rope_qkv_write: q, k, v read from the rows of QKV(T, LDQ) (q | k | v), q_out(T,H*D) packed, k
+ * rotated and written with v to the cache (QKV is read only); Q_NORM / K_NORM (D, f32) or NULL: each head's
+ * RMSNorm first, rounded to ACT as a separate cuda_rmsnorm would store it. */
+int cuda_rope_qkv_write(void *q_out, const void *qkv, int ldq, const float *q_norm, const float *k_norm, float eps,
+                        cuda_kv_t *kv, int layer, const int32_t *positions, const int32_t *slots, int T, int H,
+                        int style, const float *inv_freq, cudaStream_t stream);
+
 /* Scratch and choices of cuda_attention, owned by the caller (the backend allocates PART once: no
  * allocation happens inside a step, so a step can be captured as a CUDA graph). */
 typedef enum {
-  CUDA_ATT_AUTO = 0, /* tensor-core tiles for prefill-heavy 16-bit batches; else split-KV below as many
+  CUDA_ATT_AUTO = 0, /* tensor-core tiles for prefill-heavy 16-bit batches; other 16-bit batches with D 64 or
+                        128 the tensor-core decode kernel; else (f32, other D) split-KV below as many
                         (token, KV head) pairs as SMs, the first version's kernel from there on */
   CUDA_ATT_V1,       /* the first version's kernel (one block per token and KV head) for every batch */
   CUDA_ATT_NO_TC,    /* the split-KV kernel for every batch (tests it on prefill too) */
+  CUDA_ATT_WMMA,     /* as AUTO, but prefill-heavy batches use the WMMA tile kernel instead of the
+                        flash-attention-2 one (attn_prefill.cu): for comparisons */
 } cuda_att_impl_t;
 typedef struct {
-  float *part;       /* device scratch for the partial results of split-KV, PART_BYTES long (may be NULL) */
+  float *part;       /* device scratch for the partial results of a KV split, PART_BYTES long (may be NULL) */
   size_t part_bytes;
   int n_sms;         /* multiprocessors of the device (sizes the split) */
   cuda_att_impl_t impl;
@@ -79,17 +97,26 @@ typedef struct {
  * block_table(S, max_blocks), GQA, online softmax in f32. A query whose block table holds a block
  * outside the cache gets a zero row. D <= 256, H / Hkv <= 8. S (the number of sequences) only picks the
  * kernel: prefill-heavy (T >= 4 S) bf16/f16 batches with D % 16 == 0 use tensor cores (tiles of 64 query
- * rows of one head, f32 accumulation, probabilities rounded to ACT before the product with V); other
- * batches of fewer (token, KV head) pairs than SMs split each query's KV range over several blocks
- * (partials in WORK->part, merged by a second kernel); larger ones use one block per pair. WORK may be
- * NULL (no split, AUTO). The launch configuration depends only on (T, S, max_blocks) and the model, so
- * a captured step replays correctly. */
+ * rows of one head, f32 accumulation, probabilities rounded to ACT before the product with V). Other
+ * bf16/f16 batches with D 64 or 128 use the decode kernel: one block per (token, KV head) streams K and V
+ * from the cache with 16-byte asynchronous copies, the G heads of the group share every read as the rows
+ * of a tensor-core product (P rounded to ACT before the product with V); when the pairs do not fill the
+ * SMs, each query's KV range is split over several blocks (partials in WORK->part, merged by the last
+ * block of each pair, or by a second kernel with STRATA_CUDA_ATT_MERGE=kernel). Other batches (f32, other
+ * D) use the split-KV kernel below as many pairs as SMs, one block per pair above. Calls on one device
+ * must not overlap (they share WORK->part and the decode kernel's per-pair counters). WORK may be NULL
+ * (no split, AUTO). The launch configuration depends only on (T, S, max_blocks) and the model, so a
+ * captured step replays correctly. */
 int cuda_attention(void *out, const void *q, const cuda_kv_t *kv, int layer, const int32_t *positions,
                    const int32_t *seq_of, const int32_t *block_table, int max_blocks, int T, int S, int H,
                    float scale, const cuda_att_work_t *work, cudaStream_t stream);
 
 /* out(T,F) = silu(gate) * up. OUT may equal GATE or UP. */
 int cuda_silu_mul(void *out, const void *gate, const void *up, int T, int F, dtype_t act, cudaStream_t stream);
+/* out(T,F) packed = silu(gate) * up with the rows of GATE and UP LDG >= F elements apart (a fused gate|up:
+ * gate = gu, up = gu + F, LDG = 2F). OUT must not overlap GATE or UP. */
+int cuda_silu_mul_ld(void *out, const void *gate, const void *up, int T, int F, int ldg, dtype_t act,
+                     cudaStream_t stream);
 
 /* out(n,C) = x[rows[i]]. OUT must not alias X. */
 /* cuda_argmax_rows: out(n) int32 = argmax of each row of x(n, V); ties to the lowest id, NaN never wins

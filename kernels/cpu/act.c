@@ -37,6 +37,30 @@ void kern_silu_mul(float *out, const float *gate, const float *up, int T, int F,
   act_run(out, gate, up, (int64_t)T * F, 1, pool);
 }
 
+typedef struct {
+  float *out;
+  const float *gate, *up;
+  int F, ld;
+} silu_ld_task_t;
+
+static void silu_ld_job(void *arg, int64_t t, kern_worker_t *wk) {
+  (void)wk;
+  const silu_ld_task_t *s = arg;
+  const float *g = s->gate + (size_t)t * s->ld, *u = s->up + (size_t)t * s->ld;
+  float *o = s->out + (size_t)t * s->F;
+  for (int i = 0; i < s->F; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+void kern_silu_mul_ld(float *out, const float *gate, const float *up, int T, int F, int ld, kern_pool_t *pool) {
+  if (ld == F) {
+    kern_silu_mul(out, gate, up, T, F, pool);
+    return;
+  }
+  if (T <= 0 || F <= 0) return;
+  silu_ld_task_t s = {.out = out, .gate = gate, .up = up, .F = F, .ld = ld};
+  kern_pool_run(pool, silu_ld_job, &s, T); /* one row per job: a row is F elements (thousands) */
+}
+
 void kern_add(float *out, const float *a, const float *b, int T, int C, kern_pool_t *pool) {
   act_run(out, a, b, (int64_t)T * C, 0, pool);
 }

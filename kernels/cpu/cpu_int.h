@@ -7,6 +7,10 @@
 
 #include "kernels/kernels.h"
 
+/* kern_rmsnorm_row: out(C) = x / sqrt(mean(x^2) + eps) * w, the row operation of kern_rmsnorm (shared by
+ * the fused norm of kern_rope_qkv_write so that both give the same bits). OUT may equal X. */
+void kern_rmsnorm_row(float *out, const float *x, const float *w, int C, float eps);
+
 /* kern_use_avx2: 1 when AVX2, FMA and F16C are present and the portable path is not forced. */
 int kern_use_avx2(void);
 

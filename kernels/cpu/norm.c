@@ -16,7 +16,7 @@ typedef struct {
 
 /* out(C) = x / sqrt(mean(x^2) + eps) * w. The sum of squares runs in double over four interleaved
  * partial sums (a fixed order, so a row's result never depends on its neighbours). */
-static void rmsnorm_row(float *out, const float *x, const float *w, int C, float eps) {
+void kern_rmsnorm_row(float *out, const float *x, const float *w, int C, float eps) {
   double s[4] = {0, 0, 0, 0};
   int i = 0;
   for (; i + 4 <= C; i += 4)
@@ -39,7 +39,7 @@ static void norm_job(void *arg, int64_t job, kern_worker_t *wk) {
       for (int i = 0; i < n->C; i++) res[i] += src[i];
       src = res;
     }
-    rmsnorm_row(n->out + off, src, n->w, n->C, n->eps);
+    kern_rmsnorm_row(n->out + off, src, n->w, n->C, n->eps);
   }
 }
 

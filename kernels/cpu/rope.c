@@ -84,3 +84,86 @@ void kern_rope_kv_write(float *q, float *k, const float *v, kern_kv_t *kv, int l
               "written",
               n_bad, kv->n_blocks, kv->block_size);
 }
+
+/* ---- the fused-projection variant: q, k, v read from one (T, LD) row, q written packed ---- */
+
+typedef struct {
+  float *q_out;              /* (T,H*D) */
+  const float *qkv;          /* (T,LD): q | k | v */
+  int ld;
+  const float *q_norm, *k_norm; /* (D) or NULL */
+  float eps;
+  kern_kv_t *kv;
+  int layer;
+  const int32_t *positions, *slots;
+  int H, style;
+  const float *inv_freq;
+  atomic_int n_bad;
+} rope_qkv_task_t;
+
+/* One head: DST = rmsnorm(SRC) (or a copy), then rotated. */
+static void head_norm_rope(float *dst, const float *src, const float *norm, float eps, int D, int style,
+                           const double *cs, const double *sn) {
+  if (norm)
+    kern_rmsnorm_row(dst, src, norm, D, eps);
+  else
+    memcpy(dst, src, (size_t)D * sizeof(float));
+  rope_heads(dst, 1, D, style, cs, sn);
+}
+
+static void rope_qkv_job(void *arg, int64_t t, kern_worker_t *wk) {
+  rope_qkv_task_t *r = arg;
+  kern_kv_t *kv = r->kv;
+  int D = kv->head_dim, Hkv = kv->n_kv_heads, B = kv->block_size, half = D / 2, H = r->H;
+  double *cs = kern_worker_scratch(wk, (size_t)D * sizeof(double) + (size_t)D * sizeof(float));
+  if (!cs) {
+    atomic_fetch_add(&r->n_bad, 1);
+    return;
+  }
+  double *sn = cs + half;
+  float *kh = (float *)(cs + D); /* one rotated k head */
+  for (int i = 0; i < half; i++) {
+    double ang = (double)r->positions[t] * (double)r->inv_freq[i];
+    cs[i] = cos(ang);
+    sn[i] = sin(ang);
+  }
+  const float *row = r->qkv + (size_t)t * r->ld, *k = row + (size_t)H * D, *v = k + (size_t)Hkv * D;
+  for (int h = 0; h < H; h++)
+    head_norm_rope(r->q_out + ((size_t)t * H + h) * D, row + (size_t)h * D, r->q_norm, r->eps, D, r->style, cs, sn);
+  int64_t slot = r->slots[t];
+  if (slot < 0 || slot >= (int64_t)kv->n_blocks * B) {
+    atomic_fetch_add(&r->n_bad, 1);
+    return;
+  }
+  size_t head_elems = (size_t)B * D;
+  float *blk = kv->data + (size_t)(slot / B) * kv->n_layers * 2 * Hkv * head_elems;
+  float *kc = blk + (size_t)r->layer * 2 * Hkv * head_elems + (size_t)(slot % B) * D;
+  float *vc = kc + (size_t)Hkv * head_elems;
+  for (int h = 0; h < Hkv; h++) {
+    head_norm_rope(kh, k + (size_t)h * D, r->k_norm, r->eps, D, r->style, cs, sn);
+    memcpy(kc + h * head_elems, kh, (size_t)D * sizeof(float));
+    memcpy(vc + h * head_elems, v + (size_t)h * D, (size_t)D * sizeof(float));
+  }
+}
+
+void kern_rope_qkv_write(float *q_out, const float *qkv, int ld, const float *q_norm, const float *k_norm, float eps,
+                         kern_kv_t *kv, int layer, const int32_t *positions, const int32_t *slots, int T, int H,
+                         int style, const float *inv_freq, kern_pool_t *pool) {
+  if (T <= 0) return;
+  const int D = kv->head_dim;
+  if (layer < 0 || layer >= kv->n_layers || D % 2 || ld < (H + 2 * kv->n_kv_heads) * D) {
+    log_error("rope_qkv_write: layer %d of %d, head dim %d (must be even) or row stride %d < %d", layer,
+              kv->n_layers, D, ld, (H + 2 * kv->n_kv_heads) * D);
+    return;
+  }
+  rope_qkv_task_t r = {.q_out = q_out, .qkv = qkv, .ld = ld, .q_norm = q_norm, .k_norm = k_norm, .eps = eps,
+                       .kv = kv, .layer = layer, .positions = positions, .slots = slots, .H = H, .style = style,
+                       .inv_freq = inv_freq};
+  atomic_init(&r.n_bad, 0);
+  kern_pool_run(pool, rope_qkv_job, &r, T);
+  int n_bad = atomic_load(&r.n_bad);
+  if (n_bad)
+    log_error("rope_qkv_write: %d tokens had a KV slot outside the cache (%d blocks of %d) or no scratch; not "
+              "written",
+              n_bad, kv->n_blocks, kv->block_size);
+}

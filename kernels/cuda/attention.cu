@@ -1,7 +1,12 @@
-// attention.cu: paged attention over a ragged batch on CUDA: a split-KV kernel (decode), a tensor-core tile
-// kernel (prefill, 16-bit activations) and the first version's kernel, kept for comparison (CUDA_ATT_V1).
+// attention.cu: paged attention over a ragged batch on CUDA: a tensor-core decode kernel that streams K/V from
+// the paged cache (16-bit activations), a tensor-core tile kernel (prefill, 16-bit activations), and the earlier
+// split-KV and first-version kernels (f32, odd head dims, and comparisons: CUDA_ATT_NO_TC, CUDA_ATT_V1).
 #include <limits.h>
+#include <stdlib.h>
+#include <string.h>
 #include <mma.h>
+
+#include <atomic>
 
 #include "kernels/cuda/cuda_int.cuh"
 
@@ -386,6 +391,403 @@ static cudaError_t split_launch(T *out, const T *q, const cuda_kv_t *kv, int lay
   return cudaSuccess;
 }
 
+// ---- decode on tensor cores (16-bit K/V, D in {64, 128}, G <= 8): block (query token x KV head, split) owns
+// CHUNK positions of the query's context; each of its DEC_WARPS warps takes tiles of DEC_TP positions in
+// turn (warp w: tiles w, w + DEC_WARPS, ...) and runs its own cp.async ring of 3 stages, so K and V go from
+// the paged cache to shared memory with 16-byte copies, two tiles ahead of the math, with no block-wide
+// barrier. The G query heads of the KV head are the rows of an m16n8k16 A operand (rows G..15 zero), kept in
+// registers for the whole block: S = Q K^T (K through ldmatrix), online softmax in f32 (log2 domain) on the
+// accumulator fragment, which is then rounded to ACT and reused in place as the A operand of O += P V (V
+// through ldmatrix.trans); O stays in registers. At the end the warps merge through shared memory; with one
+// split the block writes the output, with several it writes a partial (accumulators, max, sum per head) and
+// the last split of the pair to finish (an atomic count per pair) merges them all. The number of splits
+// makes about one wave of resident blocks when the (token, KV head) pairs alone fill too few of them. ----
+
+#define DEC_WARPS 4
+#define DEC_TP 16        // positions per warp tile: two n8 tiles of S, one k16 step of P V
+#define DEC_ST_MAX 4     // stages of a warp's ring: 2..4 (tiles in flight: stages - 1 ahead of the one in use)
+#define DEC_MAX_SPLIT 256
+
+template <int D> struct dec_cfg {
+  static constexpr int ROW = D + 8;          // padded row (elements): 8 rows of ldmatrix hit 32 banks
+  static constexpr int TILE = DEC_TP * ROW;  // one K or V tile (elements)
+  static constexpr size_t smem(int nst) { return (size_t)DEC_WARPS * nst * 2 * TILE * 2; }
+  static_assert(D % 16 == 0 && D <= 256, "head dim");
+  static_assert((size_t)DEC_WARPS * 8 * (D + 2) * 4 <= (size_t)DEC_WARPS * 2 * 2 * TILE * 2,
+                "the merge area reuses the rings");
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+// 16 bytes global -> shared, asynchronously; SRC_BYTES 0 writes zeros (positions past the chunk)
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+// c(16x8, f32) += a(16x16, rows a0 = (g, k 2c), a1 = (g + 8, 2c), a2 = (g, 2c + 8), a3 = (g + 8, 2c + 8)) b(16x8)
+template <typename T> __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                                               uint32_t a3, uint32_t b0, uint32_t b1);
+template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4], uint32_t a0, uint32_t a1,
+                                                                    uint32_t a2, uint32_t a3, uint32_t b0,
+                                                                    uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+               "{%0, %1, %2, %3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma16816<__half>(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                                             uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+               "{%0, %1, %2, %3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// (lo, hi) rounded to T and packed (lo in the low half); *SUM += the rounded values
+template <typename T> __device__ __forceinline__ uint32_t pack_sum(float lo, float hi, float *sum);
+template <> __device__ __forceinline__ uint32_t pack_sum<__nv_bfloat16>(float lo, float hi, float *sum) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  float2 f = __bfloat1622float2(h);
+  *sum += f.x + f.y;
+  return *(uint32_t *)&h;
+}
+template <> __device__ __forceinline__ uint32_t pack_sum<__half>(float lo, float hi, float *sum) {
+  __half2 h = __floats2half2_rn(lo, hi);
+  float2 f = __half22float2(h);
+  *sum += f.x + f.y;
+  return *(uint32_t *)&h;
+}
+
+// dec_fetch: the K and V rows of positions BASE .. BASE + 15 into stage S of a warp's ring; zeros from P1 on
+// and for a block id outside the cache (the block-table check runs alongside and zeroes such a query)
+template <typename T, int D>
+__device__ __forceinline__ void dec_fetch(T *ring, int s, const T *kbase, const T *vbase, const int32_t *bt,
+                                          int n_blocks, size_t block_elems, int B, int bshift, int base, int p1,
+                                          int lane) {
+  constexpr int PER = D / 8, ROW = dec_cfg<D>::ROW, TILE = dec_cfg<D>::TILE;
+  T *sk = ring + (size_t)s * 2 * TILE, *sv = sk + TILE;
+#pragma unroll
+  for (int u = 0; u < DEC_TP * PER / 32; u++) {
+    const int i = lane + 32 * u, r = i / PER, c = (i % PER) * 8, p = base + r;
+    const int blk = bshift >= 0 ? p >> bshift : p / B, id = p < p1 ? bt[blk] : -1;
+    const bool ok = id >= 0 && id < n_blocks;
+    const size_t off = ok ? (size_t)id * block_elems + (size_t)(p - blk * B) * D + c : 0;
+    cp_async16(smem_addr(sk + r * ROW + c), kbase + off, ok ? 16 : 0);
+    cp_async16(smem_addr(sv + r * ROW + c), vbase + off, ok ? 16 : 0);
+  }
+}
+
+// A split's partial result: (unnormalized accumulators G*D, max G in the natural-log domain, sum G) floats,
+// padded to a multiple of 4 so that the merge reads the accumulators with 16-byte loads.
+__host__ __device__ static inline int dec_pstride(int G, int D) { return (G * (D + 2) + 3) & ~3; }
+
+// splits of each pair done in the current launch (fused merge); the split that completes a pair resets it, so
+// a replayed graph finds zeros. Launches on one device must not overlap (one stream), as for the partials.
+#define DEC_FUSED_PAIRS 4096
+__device__ unsigned int dec_arrivals[DEC_FUSED_PAIRS];
+
+// dec_merge: the G output rows at OB of one pair from its NSPLIT partials at PB (PST floats apart). SW: shared
+// scratch of G * (nsplit + 1) floats. Every one of the block's NT threads calls it. The partials are read past
+// L1 (other blocks wrote them during this launch). A row no split saw is zero.
+template <typename T>
+__device__ void dec_merge(T *ob, const float *pb, int G, int D, int nsplit, int pst, float *sw, int tid, int nt) {
+  float *sl = sw + G * nsplit;
+  const int warp = tid >> 5, lane = tid & 31;
+  for (int j = warp; j < G; j += nt >> 5) {  // weights exp(m_s - M) and the total sum, one warp per head
+    float M = -INFINITY, L = 0.0f;
+    for (int s = lane; s < nsplit; s += 32) M = fmaxf(M, __ldcg(pb + (size_t)s * pst + G * D + j));
+    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+    for (int s = lane; s < nsplit; s += 32) {
+      const float ms = __ldcg(pb + (size_t)s * pst + G * D + j), w = ms == -INFINITY ? 0.0f : __expf(ms - M);
+      sw[j * nsplit + s] = w;
+      L += w * __ldcg(pb + (size_t)s * pst + G * D + G + j);
+    }
+    L = warp_sum(L);
+    if (lane == 0) sl[j] = L;
+  }
+  __syncthreads();
+  for (int i4 = tid; i4 < G * D / 4; i4 += nt) {  // 4 consecutive columns of one head per thread
+    const int j = i4 * 4 / D;
+    const float *wj = sw + j * nsplit;
+    float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+    for (int s = 0; s < nsplit; s++) {
+      const float w = wj[s];
+      const float4 v = __ldcg((const float4 *)(pb + (size_t)s * pst) + i4);
+      a.x += w * v.x, a.y += w * v.y, a.z += w * v.z, a.w += w * v.w;
+    }
+    const float f = sl[j] > 0.0f ? 1.0f / sl[j] : 0.0f;
+    st(&ob[4 * i4], a.x * f), st(&ob[4 * i4 + 1], a.y * f), st(&ob[4 * i4 + 2], a.z * f), st(&ob[4 * i4 + 3], a.w * f);
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(DEC_WARPS * 32)
+    attention_dec_kernel(T *out, float *part, const T *q, const T *cache, int n_blocks, int L, int Hkv, int B,
+                         int layer, const int32_t *positions, const int32_t *seq_of, const int32_t *block_table,
+                         int max_blocks, int H, float scale_log2, int chunk, int nst, int bshift, int fused) {
+  constexpr int ROW = dec_cfg<D>::ROW, TILE = dec_cfg<D>::TILE, KS = D / 16, NT = D / 8;
+  extern __shared__ float4 smem4[];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gr = lane >> 2, qc = lane & 3;
+  const int G = H / Hkv, nsplit = gridDim.y, split = blockIdx.y;
+  const int t = blockIdx.x / Hkv, g = blockIdx.x % Hkv, n = positions[t] + 1;
+  const int32_t *bt = block_table + (size_t)seq_of[t] * max_blocks;
+  // a block outside the cache (or a table shorter than the context) makes the rows zero, as on the CPU; the
+  // first table entries are loaded now and checked after the loop, so the check adds no latency
+  const int nb = (n + B - 1) / B, nbc = min(nb, max_blocks);
+  const int id0 = tid < nbc ? bt[tid] : 0;
+  const int p0 = split * chunk, p1 = min(min(n, p0 + chunk), max_blocks * B);
+  // the queries as A fragments: row gr = head gr of the group (zero from G on), k-step kk
+  const T *qr = q + ((size_t)t * H + (size_t)g * G + (gr < G ? gr : 0)) * D;
+  uint32_t qa[KS][2];
+#pragma unroll
+  for (int kk = 0; kk < KS; kk++) {
+    qa[kk][0] = gr < G ? *(const uint32_t *)(qr + kk * 16 + 2 * qc) : 0u;
+    qa[kk][1] = gr < G ? *(const uint32_t *)(qr + kk * 16 + 8 + 2 * qc) : 0u;
+  }
+  const size_t head_elems = (size_t)B * D, block_elems = (size_t)L * 2 * Hkv * head_elems;
+  const T *kbase = cache + (size_t)layer * 2 * Hkv * head_elems + (size_t)g * head_elems;
+  const T *vbase = kbase + (size_t)Hkv * head_elems;
+  T *ring = (T *)smem4 + (size_t)warp * nst * 2 * TILE;
+  const int first = p0 + warp * DEC_TP, stride = DEC_WARPS * DEC_TP;
+  const int ntiles = p1 > first ? (p1 - first + stride - 1) / stride : 0;
+  for (int s = 0; s < nst - 1; s++) {
+    if (s < ntiles)
+      dec_fetch<T, D>(ring, s, kbase, vbase, bt, n_blocks, block_elems, B, bshift, first + s * stride, p1, lane);
+    cp_async_commit();
+  }
+  float o[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+  float m = -INFINITY, l = 0.0f;  // row gr: running max (log2 domain, same in the quad), this lane's share of the sum
+  // ldmatrix row addresses of this lane (matrix lane / 8, row lane % 8): K as [pos][dim] tiles for the B
+  // operand of Q K^T; V transposed for the B operand of P V
+  const int mi = lane >> 3, ri = lane & 7;
+  const int k_row = (mi >> 1) * 8 + ri, k_col = (mi & 1) * 8, v_row = (mi & 1) * 8 + ri, v_col = (mi >> 1) * 8;
+  for (int k = 0; k < ntiles; k++) {
+    const int kn = k + nst - 1;
+    if (kn < ntiles)
+      dec_fetch<T, D>(ring, kn % nst, kbase, vbase, bt, n_blocks, block_elems, B, bshift, first + kn * stride, p1,
+                      lane);
+    cp_async_commit();
+    if (nst == 2) cp_async_wait<1>();
+    else if (nst == 3) cp_async_wait<2>();
+    else cp_async_wait<3>();
+    __syncwarp();
+    const T *sk = ring + (size_t)(k % nst) * 2 * TILE, *sv = sk + TILE;
+    float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+    const uint32_t ka = smem_addr(sk + k_row * ROW + k_col), va = smem_addr(sv + v_row * ROW + v_col);
+#pragma unroll
+    for (int kk = 0; kk < KS; kk++) {
+      uint32_t b[4];
+      ldsm_x4(b, ka + kk * 32);
+      mma16816<T>(s[0], qa[kk][0], 0u, qa[kk][1], 0u, b[0], b[1]);
+      mma16816<T>(s[1], qa[kk][0], 0u, qa[kk][1], 0u, b[2], b[3]);
+    }
+    // s[h][e] (e < 2): head gr, position base + 8 h + 2 qc + e
+    const int pb = first + k * stride + 2 * qc;
+    float x[2][2], mt = -INFINITY;
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        x[h][e] = pb + 8 * h + e < p1 ? s[h][e] * scale_log2 : -INFINITY;
+        mt = fmaxf(mt, x[h][e]);
+      }
+    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 2));
+    const float mn = fmaxf(m, mt), corr = exp2f(m - mn);  // the tile's first position is valid: mn is finite
+    m = mn;
+    float sum = 0.0f;
+    const uint32_t pa0 = pack_sum<T>(exp2f(x[0][0] - mn), exp2f(x[0][1] - mn), &sum);
+    const uint32_t pa2 = pack_sum<T>(exp2f(x[1][0] - mn), exp2f(x[1][1] - mn), &sum);
+    l = l * corr + sum;
+#pragma unroll
+    for (int jj = 0; jj < KS; jj++) {
+      uint32_t b[4];
+      ldsm_x4_t(b, va + jj * 32);
+      o[2 * jj][0] *= corr, o[2 * jj][1] *= corr, o[2 * jj + 1][0] *= corr, o[2 * jj + 1][1] *= corr;
+      mma16816<T>(o[2 * jj], pa0, 0u, pa2, 0u, b[0], b[1]);
+      mma16816<T>(o[2 * jj + 1], pa0, 0u, pa2, 0u, b[2], b[3]);
+    }
+    __syncwarp();  // the next fetch overwrites this stage
+  }
+  cp_async_wait<0>();
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  int bad = n < 1 || nb > max_blocks || id0 < 0 || id0 >= n_blocks;
+  for (int i = tid + DEC_WARPS * 32; i < nbc; i += DEC_WARPS * 32) bad |= bt[i] < 0 || bt[i] >= n_blocks;
+  bad = __syncthreads_or(bad);  // and the rings become the merge area
+  float *mo = (float *)smem4;             // (W, 8, D) accumulators
+  float *mm = mo + DEC_WARPS * 8 * D;     // (W, 8) max
+  float *ml = mm + DEC_WARPS * 8;         // (W, 8) sum
+#pragma unroll
+  for (int j = 0; j < NT; j++)
+    *(float2 *)(mo + ((size_t)warp * 8 + gr) * D + j * 8 + 2 * qc) = make_float2(o[j][0], o[j][1]);
+  if (qc == 0) mm[warp * 8 + gr] = m, ml[warp * 8 + gr] = l;
+  __syncthreads();
+  T *ob = out + ((size_t)t * H + (size_t)g * G) * D;
+  const int pst = dec_pstride(G, D);
+  float *pp = part + ((size_t)blockIdx.x * nsplit + split) * pst;  // (acc G*D, max G, sum G)
+  for (int i = tid; i < G * D; i += DEC_WARPS * 32) {
+    const int j = i / D, d = i % D;
+    float M = -INFINITY, Ls = 0.0f, a = 0.0f;
+#pragma unroll
+    for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, mm[w * 8 + j]);
+    if (bad) M = -INFINITY;  // zero row (no split of a bad query adds anything)
+#pragma unroll
+    for (int w = 0; w < DEC_WARPS; w++) {
+      const float mw = mm[w * 8 + j];
+      if (mw == -INFINITY || bad) continue;  // a warp that saw no position
+      const float f = exp2f(mw - M);
+      Ls += ml[w * 8 + j] * f;
+      a += mo[((size_t)w * 8 + j) * D + d] * f;
+    }
+    if (nsplit == 1) {
+      st(&ob[i], Ls > 0.0f ? a / Ls : 0.0f);
+    } else {
+      pp[i] = a;
+      if (d == 0) pp[G * D + j] = M == -INFINITY ? -INFINITY : M * 0.69314718f, pp[G * D + G + j] = Ls;
+    }
+  }
+  if (nsplit == 1 || !fused) return;
+  // fused merge: the last split of this pair to finish merges them all
+  __shared__ int last;
+  __threadfence();  // this block's partial is visible before it is counted
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(&dec_arrivals[blockIdx.x], 1u) == (unsigned)nsplit - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  dec_merge<T>(ob, part + (size_t)blockIdx.x * nsplit * pst, G, D, nsplit, pst, (float *)smem4, tid, DEC_WARPS * 32);
+  if (tid == 0) dec_arrivals[blockIdx.x] = 0;
+}
+
+// the merge as a kernel of its own: block = pair (STRATA_CUDA_ATT_MERGE=kernel, or too many pairs to count)
+template <typename T>
+__global__ void __launch_bounds__(DEC_WARPS * 32)
+    attention_dec_merge_kernel(T *out, const float *part, int Hkv, int H, int D, int nsplit) {
+  extern __shared__ float4 smem4[];
+  const int G = H / Hkv, pst = dec_pstride(G, D);
+  T *ob = out + ((size_t)(blockIdx.x / Hkv) * H + (size_t)(blockIdx.x % Hkv) * G) * D;
+  dec_merge<T>(ob, part + (size_t)blockIdx.x * nsplit * pst, G, D, nsplit, pst, (float *)smem4, threadIdx.x,
+               DEC_WARPS * 32);
+}
+
+// dec_plan: splits (and positions per split, a multiple of DEC_WARPS * DEC_TP) for T x Hkv pairs over
+// contexts of at most max_blocks * B positions: one split while the pairs fill 3/8 of the resident blocks'
+// slots, else about one wave of blocks (on an H200, Llama-3-8B shapes, one wave beat two: batch 1 @4096
+// 14.5 against 21.0 us, batch 8 @512 16.7 against 20.4 us); at most DEC_MAX_SPLIT, and partials must fit in
+// the caller's scratch. Depends only on the shape, so a captured step replays correctly.
+static int dec_plan(int T_, int Hkv, int G, int D, int max_blocks, int B, int per_sm, const cuda_att_work_t *w,
+                    int *chunk) {
+  const int unit = DEC_WARPS * DEC_TP;
+  int64_t ctx = (int64_t)max_blocks * B, units = (ctx + unit - 1) / unit;
+  if (units < 1) units = 1;
+  const int64_t pairs = (int64_t)T_ * Hkv, slots = (int64_t)(w && w->n_sms > 0 ? w->n_sms : 132) * per_sm;
+  int64_t ns = pairs * 8 >= slots * 3 ? 1 : (slots + pairs - 1) / pairs;
+  if (ns > units) ns = units;
+  if (ns > DEC_MAX_SPLIT) ns = DEC_MAX_SPLIT;
+  const size_t per = (size_t)pairs * dec_pstride(G, D) * sizeof(float);
+  if (!w || !w->part) ns = 1;
+  else if ((size_t)ns * per > w->part_bytes) ns = (int64_t)(w->part_bytes / per);
+  if (ns < 1) ns = 1;
+  const int64_t units_per = (units + ns - 1) / ns;
+  *chunk = (int)(units_per * unit);
+  return (int)((units + units_per - 1) / units_per);
+}
+
+// stages of the rings: 3, or STRATA_CUDA_ATT_STAGES=2..4 (read once; for measurements)
+static int dec_stages(void) {
+  static std::atomic<int> stages(0);
+  int v = stages.load();
+  if (!v) {
+    const char *e = getenv("STRATA_CUDA_ATT_STAGES");
+    v = e ? atoi(e) : 3;
+    if (v < 2 || v > DEC_ST_MAX) v = 3;
+    stages.store(v);
+  }
+  return v;
+}
+
+// the split merge inside the decode kernel (1), or STRATA_CUDA_ATT_MERGE=kernel: a second kernel (read once)
+static int dec_fused(void) {
+  static std::atomic<int> fused(-1);
+  int v = fused.load();
+  if (v < 0) {
+    const char *e = getenv("STRATA_CUDA_ATT_MERGE");
+    v = !(e && strcmp(e, "kernel") == 0);
+    fused.store(v);
+  }
+  return v;
+}
+
+// the shared-memory limit of one instantiation, raised once per device; the number of its blocks resident on
+// one multiprocessor with NST stages
+template <typename T, int D> static cudaError_t dec_config(int nst, int *per_sm) {
+  static std::atomic<unsigned long long> done(0);
+  static std::atomic<int> resident[DEC_ST_MAX + 1];
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  const unsigned long long bit = 1ull << (dev & 63);
+  if (!(done.load() & bit)) {
+    e = cudaFuncSetAttribute(attention_dec_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)dec_cfg<D>::smem(DEC_ST_MAX));
+    if (e != cudaSuccess) return e;
+    for (int s = 2; s <= DEC_ST_MAX; s++) {
+      int r = 0;
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r, attention_dec_kernel<T, D>, DEC_WARPS * 32,
+                                                        dec_cfg<D>::smem(s));
+      if (e != cudaSuccess) return e;
+      resident[s].store(r > 0 ? r : 1);
+    }
+    done.fetch_or(bit);
+  }
+  *per_sm = resident[nst].load();
+  return cudaSuccess;
+}
+
+template <typename T, int D>
+static cudaError_t dec_launch(T *out, const T *q, const cuda_kv_t *kv, int layer, const int32_t *positions,
+                              const int32_t *seq_of, const int32_t *block_table, int max_blocks, int T_, int H,
+                              float scale, const cuda_att_work_t *w, cudaStream_t stream) {
+  const int Hkv = kv->n_kv_heads, G = H / Hkv, nst = dec_stages();
+  const bool fused = dec_fused() && (int64_t)T_ * Hkv <= DEC_FUSED_PAIRS;
+  int per_sm = 1, chunk = 0;
+  cudaError_t e = dec_config<T, D>(nst, &per_sm);
+  if (e != cudaSuccess) return e;
+  const int ns = dec_plan(T_, Hkv, G, D, max_blocks, kv->block_size, per_sm, w, &chunk);
+  int bshift = 0;  // log2 of the block size when it is a power of two (shifts instead of divisions), else -1
+  while (bshift < 30 && (1 << bshift) < kv->block_size) bshift++;
+  if ((1 << bshift) != kv->block_size) bshift = -1;
+  dim3 grid((unsigned)((int64_t)T_ * Hkv), (unsigned)ns);
+  attention_dec_kernel<T, D><<<grid, DEC_WARPS * 32, dec_cfg<D>::smem(nst), stream>>>(
+      out, ns > 1 ? w->part : NULL, q, (const T *)kv->data, kv->n_blocks, kv->n_layers, Hkv, kv->block_size, layer,
+      positions, seq_of, block_table, max_blocks, H, scale * 1.44269504f, chunk, nst, bshift, fused);
+  if (ns > 1 && !fused)
+    attention_dec_merge_kernel<T><<<grid.x, DEC_WARPS * 32, sizeof(float) * G * (ns + 1), stream>>>(out, w->part, Hkv,
+                                                                                                   H, D, ns);
+  return cudaSuccess;
+}
+
 // ---- prefill on tensor cores (WMMA m16n16k16, 16-bit inputs, f32 accumulation): block (64 consecutive
 // query tokens, query head). The tile's tokens are taken one sequence (a run of equal seq_of) at a time;
 // Q rows, then K and V tiles of 64 positions go through shared memory with 16-byte loads; each warp owns
@@ -602,9 +1004,9 @@ extern "C" int cuda_attention(void *out, const void *q, const cuda_kv_t *kv, int
   if (T_ <= 0) return 0;
   int D = kv->head_dim;
   if (layer < 0 || layer >= kv->n_layers || D < 1 || D > 256 || kv->n_kv_heads < 1 || H % kv->n_kv_heads ||
-      H / kv->n_kv_heads > ATT_MAXG) {
+      H / kv->n_kv_heads > ATT_MAXG || kv->block_size < 1) {
     log_error("cuda attention: layer %d of %d, head dim %d (max 256), %d heads over %d KV heads (at most %d per KV "
-              "head)", layer, kv->n_layers, D, H, kv->n_kv_heads, ATT_MAXG);
+              "head), block size %d", layer, kv->n_layers, D, H, kv->n_kv_heads, ATT_MAXG, kv->block_size);
     return STRATA_EINVAL;
   }
   if ((int64_t)T_ * kv->n_kv_heads > 0x7fffffff || H > 65535) {
@@ -612,16 +1014,38 @@ extern "C" int cuda_attention(void *out, const void *q, const cuda_kv_t *kv, int
     return STRATA_EINVAL;
   }
   const cuda_att_impl_t impl = work ? work->impl : CUDA_ATT_AUTO;
-  const bool tc = impl == CUDA_ATT_AUTO && kv->dtype != DTYPE_F32 && D % 16 == 0 && (int64_t)T_ >= 4 * (int64_t)S;
+  const bool tc = (impl == CUDA_ATT_AUTO || impl == CUDA_ATT_WMMA) && kv->dtype != DTYPE_F32 && D % 16 == 0 &&
+                  (int64_t)T_ >= 4 * (int64_t)S;
+  // prefill-heavy 16-bit batches: the flash-attention-2 kernel (attn_prefill.cu, D 64 or 128); the WMMA tile
+  // kernel below serves the other head dims and CUDA_ATT_WMMA
+  if (tc && impl == CUDA_ATT_AUTO) {
+    int rc = cuda_attention_prefill(out, q, kv, layer, positions, seq_of, block_table, max_blocks, T_, S, H, scale,
+                                    kv->dtype, stream);
+    if (rc != STRATA_EUNSUPPORTED) return rc;
+  }
   cudaError_t e = cudaSuccess;
 #define ATT_GO(ne) e = attention_launch<T, ne>((T *)out, (const T *)q, kv, layer, positions, seq_of, block_table, \
                                              max_blocks, T_, H, scale, stream)
-  // once the (token, KV head) pairs alone fill the multiprocessors, the first version's kernel is as fast or
-  // faster than the split one (H100, Llama-3-8B shapes: batch 32 86 against 101 us, batch 128 321 against
-  // 312-327 us; docs/gpu.md), so it keeps those batches
+  // 16-bit decode (and mixed batches of few prefill tokens) with D 64 or 128: the tensor-core decode kernel.
+  // Otherwise (f32, other D), once the (token, KV head) pairs alone fill the multiprocessors, the first
+  // version's kernel is as fast or faster than the split one (H100, Llama-3-8B shapes: batch 32 86 against
+  // 101 us, batch 128 321 against 312-327 us; docs/gpu.md), so it keeps those batches
   const int n_sms = work && work->n_sms > 0 ? work->n_sms : 132;
   const bool wide = (int64_t)T_ * kv->n_kv_heads >= (int64_t)n_sms;
-  if (impl == CUDA_ATT_V1 || (impl != CUDA_ATT_NO_TC && !tc && wide)) {
+  const bool dec = impl == CUDA_ATT_AUTO && !tc && (kv->dtype == DTYPE_BF16 || kv->dtype == DTYPE_F16) &&
+                   (D == 64 || D == 128);
+  if (dec && kv->dtype == DTYPE_BF16) {
+    typedef __nv_bfloat16 B16;
+    e = D == 64 ? dec_launch<B16, 64>((B16 *)out, (const B16 *)q, kv, layer, positions, seq_of, block_table,
+                                      max_blocks, T_, H, scale, work, stream)
+                : dec_launch<B16, 128>((B16 *)out, (const B16 *)q, kv, layer, positions, seq_of, block_table,
+                                       max_blocks, T_, H, scale, work, stream);
+  } else if (dec) {
+    e = D == 64 ? dec_launch<__half, 64>((__half *)out, (const __half *)q, kv, layer, positions, seq_of,
+                                         block_table, max_blocks, T_, H, scale, work, stream)
+                : dec_launch<__half, 128>((__half *)out, (const __half *)q, kv, layer, positions, seq_of,
+                                          block_table, max_blocks, T_, H, scale, work, stream);
+  } else if (impl == CUDA_ATT_V1 || (impl != CUDA_ATT_NO_TC && !tc && wide)) {
     DISPATCH_ACT(kv->dtype, if (D <= 32) ATT_GO(1); else if (D <= 64) ATT_GO(2); else if (D <= 128) ATT_GO(4);
                  else ATT_GO(8));
   } else if (tc && kv->dtype == DTYPE_BF16) {
@@ -636,7 +1060,8 @@ extern "C" int cuda_attention(void *out, const void *q, const cuda_kv_t *kv, int
   }
 #undef ATT_GO
   if (e != cudaSuccess) {
-    log_error("cuda attention: cannot raise the shared-memory limit: %s", cudaGetErrorString(e));
+    log_error("cuda attention: cannot configure the kernel (shared-memory limit, occupancy): %s",
+              cudaGetErrorString(e));
     return STRATA_EIO;
   }
   return launched("attention");

@@ -14,6 +14,16 @@ extern "C" {
 }
 #include "kernels/kernels_cuda.h"
 
+// cuda_attention_prefill (attn_prefill.cu): as cuda_attention (same arguments, same result, a zero row for a
+// query whose context needs a block outside the cache) for prefill chunks, flash-attention-2 style on tensor
+// cores; ACT must be the cache's dtype. Returns STRATA_EUNSUPPORTED, without logging, unless ACT is bf16/f16,
+// D is 64 or 128 and SCALE > 0 (the caller then falls back to cuda_attention); STRATA_EINVAL for bad shapes.
+// The launch configuration depends only on (T, H) and the model, so a captured step replays correctly.
+extern "C" int cuda_attention_prefill(void *out, const void *q, const cuda_kv_t *kv, int layer,
+                                      const int32_t *positions, const int32_t *seq_of, const int32_t *block_table,
+                                      int max_blocks, int T, int S, int H, float scale, dtype_t act,
+                                      cudaStream_t stream);
+
 // ---- element access: every kernel computes in f32 whatever the stored type ----
 
 __device__ __forceinline__ float ld(const float *p) { return *p; }

@@ -1,6 +1,9 @@
 // kernels.cu: the CUDA kernels of the forward pass (see kernels/kernels_cuda.h), templated on the activation type.
 #include "kernels/cuda/cuda_int.cuh"
 
+#include <stdlib.h>
+#include <string.h>
+
 extern "C" int cuda_device_count(void) {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -61,6 +64,23 @@ extern "C" int cuda_embed(void *out, const void *emb, int64_t V, int C, const in
   return launched("embed");
 }
 
+// ---- programmatic dependent launch (sm_90): a kernel launched with the attribute (our GEMV) may start while
+// the kernel before it still runs, once every block of that one has called pdl_trigger (or exited); it must
+// call pdl_wait before it reads that kernel's results or writes anything. pdl_trigger never changes what a
+// kernel computes: the dependent's pdl_wait still waits for the whole grid and its memory. ----
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // ---- RMSNorm (one block per row) ----
 
 __device__ float block_sum(float v, float *red) {
@@ -78,6 +98,7 @@ __device__ float block_sum(float v, float *red) {
 template <typename T, bool ADD>
 __global__ void rmsnorm_kernel(T *out, T *res, const T *x, const float *w, int C, float eps) {
   __shared__ float red[32];
+  pdl_trigger();  // the GEMV that follows may start streaming its weights
   size_t row = blockIdx.x;
   const T *xr = x + row * C;
   T *rr = ADD ? res + row * C : NULL;
@@ -114,32 +135,38 @@ extern "C" int cuda_add_rmsnorm(void *out, void *residual, const void *x, const 
   return launched("add_rmsnorm");
 }
 
-// ---- GEMV for a few tokens: one warp per output feature, 16-byte streaming loads of W, GEMV_U of them in
-// flight per lane before the first use, NT tokens sharing each load of W ----
+// ---- GEMV for a few tokens: one warp per output feature, 16-byte streaming loads of W, U of them in flight
+// per lane, NT tokens sharing each load of W, no atomics. Version 2 (the default) keeps 16 loads in flight
+// for T <= 2 and is launched with programmatic dependent launch (sm_90): its blocks start while the previous
+// kernel drains, issue their first weight loads (weights never depend on the previous kernel), and only
+// then wait for the previous kernel's results (griddepcontrol.wait) before reading x or writing out. So the
+// ramp of each matrix's stream overlaps the tail of the kernel before it. ----
 
 #define GEMV_WARPS 4
-#define GEMV_U 8
 
-template <typename T, int NT>
+template <typename T, int NT, int U>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
     gemv_kernel(T *out, const T *x, const T *w, int N, int K, const float *bias) {
   constexpr int E = 16 / sizeof(T);  // elements per 16-byte load
   int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  const int kv = (K % E == 0) ? K : 0;  // the vector part (W rows and X rows are 16-byte aligned when K % E == 0)
+  const T *wr = w + (size_t)(n < N ? n : 0) * K;
+  pdl_trigger();
+  uint4 wv[U];
+  int k0 = lane * E;
+#pragma unroll
+  for (int u = 0; u < U; u++) {  // the first loads of W: independent of the previous kernel
+    int k = k0 + u * 32 * E;
+    wv[u] = k < kv && n < N ? __ldcs((const uint4 *)(wr + k)) : make_uint4(0, 0, 0, 0);
+  }
+  pdl_wait();
   if (n >= N) return;
-  const T *wr = w + (size_t)n * K;
   float acc[NT];
 #pragma unroll
   for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-  int kv = (K % E == 0) ? K : 0;  // the vector part (W rows and X rows are 16-byte aligned when K % E == 0)
-  for (int k0 = lane * E; k0 < kv; k0 += 32 * E * GEMV_U) {
-    uint4 wv[GEMV_U];
+  for (;;) {
 #pragma unroll
-    for (int u = 0; u < GEMV_U; u++) {
-      int k = k0 + u * 32 * E;
-      wv[u] = k < kv ? __ldcs((const uint4 *)(wr + k)) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int u = 0; u < GEMV_U; u++) {
+    for (int u = 0; u < U; u++) {
       int k = k0 + u * 32 * E;
       if (k >= kv) break;
       const T *we = (const T *)&wv[u];
@@ -154,6 +181,13 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
         for (int e = 0; e < E; e++) acc[t] += wf[e] * ld(&xe[e]);
       }
     }
+    k0 += 32 * E * U;
+    if (k0 >= kv) break;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      int k = k0 + u * 32 * E;
+      wv[u] = k < kv ? __ldcs((const uint4 *)(wr + k)) : make_uint4(0, 0, 0, 0);
+    }
   }
   for (int k = kv + lane; k < K; k += 32) {  // K not a multiple of E: scalar path
     float wf = ld(&wr[k]);
@@ -167,26 +201,80 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
   }
 }
 
-template <typename T>
-static void gemv_launch(T *out, const T *x, const T *w, int N, int K, const float *bias, int nt, cudaStream_t s) {
-  unsigned g = (unsigned)((N + GEMV_WARPS - 1) / GEMV_WARPS);
-  switch (nt) {
-#define GEMV_CASE(n_) \
-  case n_: gemv_kernel<T, n_><<<g, GEMV_WARPS * 32, 0, s>>>(out, x, w, N, K, bias); break;
-    GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4) GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
-#undef GEMV_CASE
-    default: break;
+// pdl_ok: programmatic dependent launch needs sm_90; STRATA_CUDA_PDL=0 turns it off (read once).
+static int pdl_ok(void) {
+  static int ok = -1;
+  if (ok < 0) {
+    int dev = 0, major = 0;
+    const char *e = getenv("STRATA_CUDA_PDL");
+    ok = cudaGetDevice(&dev) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 &&
+         !(e && strcmp(e, "0") == 0);
+    cudaGetLastError();
   }
+  return ok;
+}
+
+template <typename T, int NT, int U>
+static cudaError_t gemv_go(T *out, const T *x, const T *w, int N, int K, const float *bias, int pdl, cudaStream_t s) {
+  unsigned g = (unsigned)((N + GEMV_WARPS - 1) / GEMV_WARPS);
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute at[1];
+  cfg.gridDim = dim3(g);
+  cfg.blockDim = dim3(GEMV_WARPS * 32);
+  cfg.stream = s;
+  if (pdl) {
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+  }
+  return cudaLaunchKernelEx(&cfg, gemv_kernel<T, NT, U>, out, x, w, N, K, bias);
+}
+
+// impl 0: the first version (8 loads in flight, plain launch); 1: version 2 (see above); 2: version 2 without
+// programmatic dependent launch; 3: the first version's loads with it
+template <typename T>
+static cudaError_t gemv_launch(T *out, const T *x, const T *w, int N, int K, const float *bias, int nt, int impl,
+                               cudaStream_t s) {
+  int pdl = (impl == 1 || impl == 3) && pdl_ok(), u8 = impl == 0 || impl == 3;
+  switch (nt) {
+#define GEMV_CASE(n_, u_)                                                                      \
+  case n_:                                                                                     \
+    return u8 ? gemv_go<T, n_, 8>(out, x, w, N, K, bias, pdl, s)                               \
+              : gemv_go<T, n_, u_>(out, x, w, N, K, bias, pdl, s);
+    GEMV_CASE(1, 16) GEMV_CASE(2, 16) GEMV_CASE(3, 8) GEMV_CASE(4, 8) GEMV_CASE(5, 8) GEMV_CASE(6, 8)
+    GEMV_CASE(7, 8) GEMV_CASE(8, 8)
+#undef GEMV_CASE
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+extern "C" int cuda_gemv_impl(int impl, void *out, const void *x, const void *w, int N, int K, const float *bias,
+                              int T_, dtype_t act, cudaStream_t stream) {
+  if (T_ < 1 || T_ > CUDA_GEMV_MAX_T || N < 1 || K < 1 || impl < 0 || impl > 3) {
+    log_error("cuda gemv: bad shape (T %d, N %d, K %d) or version %d; T must be 1..%d", T_, N, K, impl,
+              CUDA_GEMV_MAX_T);
+    return STRATA_EINVAL;
+  }
+  cudaError_t e = cudaSuccess;
+  DISPATCH_ACT(act, e = gemv_launch<T>((T *)out, (const T *)x, (const T *)w, N, K, bias, T_, impl, stream));
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    log_error("cuda gemv: launch failed: %s", cudaGetErrorString(e));
+    return STRATA_EIO;
+  }
+  return launched("gemv");
 }
 
 extern "C" int cuda_gemv(void *out, const void *x, const void *w, int N, int K, const float *bias, int T_,
                          dtype_t act, cudaStream_t stream) {
-  if (T_ < 1 || T_ > CUDA_GEMV_MAX_T || N < 1 || K < 1) {
-    log_error("cuda gemv: bad shape (T %d, N %d, K %d); T must be 1..%d", T_, N, K, CUDA_GEMV_MAX_T);
-    return STRATA_EINVAL;
+  static int impl = -1;
+  if (impl < 0) {
+    const char *e = getenv("STRATA_CUDA_GEMV");
+    impl = e && strcmp(e, "v1") == 0 ? 3 : 1;  // STRATA_CUDA_PDL=0 then leaves out the dependent launch
   }
-  DISPATCH_ACT(act, gemv_launch<T>((T *)out, (const T *)x, (const T *)w, N, K, bias, T_, stream));
-  return launched("gemv");
+  return cuda_gemv_impl(impl, out, x, w, N, K, bias, T_, act, stream);
 }
 
 template <typename T> __global__ void bias_kernel(T *out, const float *bias, int64_t n, int N) {
@@ -254,9 +342,84 @@ extern "C" int cuda_rope_kv_write(void *q, void *k, const void *v, cuda_kv_t *kv
   return launched("rope_kv_write");
 }
 
+// ---- RoPE + paged KV write from a fused q|k|v row (stride LD): block (token, head) as above; Qwen3's
+// per-head RMSNorm first (rounded to T, as the separate rmsnorm stores it); q goes to the packed Q_OUT ----
+
+template <typename T>
+__global__ void rope_qkv_kernel(T *q_out, const T *qkv, int ldq, const float *q_norm, const float *k_norm, float eps,
+                                T *cache, int n_blocks, int L, int Hkv, int B, int D, int layer,
+                                const int32_t *positions, const int32_t *slots, int H, int style,
+                                const float *inv_freq) {
+  __shared__ float red[32];
+  int t = blockIdx.x, h = blockIdx.y, half = D / 2;
+  bool is_q = h < H;
+  int64_t slot = slots[t];
+  if (!is_q && !(slot >= 0 && slot < (int64_t)n_blocks * B)) return;  // whole block: a k head not written
+  const T *row = qkv + (size_t)t * ldq;
+  const T *x = row + (size_t)h * D;  // q heads, then the k heads (h >= H) right after them
+  const float *nw = is_q ? q_norm : k_norm;
+  T *dst, *vc = NULL;
+  const T *vh = NULL;
+  if (is_q) {
+    dst = q_out + ((size_t)t * H + h) * D;
+  } else {
+    size_t head_elems = (size_t)B * D;
+    dst = cache + (size_t)(slot / B) * L * 2 * Hkv * head_elems + (size_t)layer * 2 * Hkv * head_elems +
+          (size_t)(h - H) * head_elems + (size_t)(slot % B) * D;
+    vc = dst + (size_t)Hkv * head_elems;
+    vh = row + (size_t)(Hkv + h) * D;  // v head h - H after the H + Hkv heads of q and k
+  }
+  float inv = 1.0f;
+  if (nw) {
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+      float v = ld(&x[i]);
+      ss += v * v;
+    }
+    inv = rsqrtf(block_sum(ss, red) / (float)D + eps);
+  }
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    double ang = (double)positions[t] * (double)inv_freq[i], sn, cs;
+    sincos(ang, &sn, &cs);
+    int i0 = style == 1 ? i : 2 * i, i1 = style == 1 ? i + half : 2 * i + 1;
+    float a = ld(&x[i0]), b = ld(&x[i1]);
+    if (nw) {
+      a = rnd<T>(a * inv * nw[i0]);
+      b = rnd<T>(b * inv * nw[i1]);
+    }
+    st(&dst[i0], (float)((double)a * cs - (double)b * sn));
+    st(&dst[i1], (float)((double)a * sn + (double)b * cs));
+    if (vc) {
+      vc[i0] = vh[i0];
+      vc[i1] = vh[i1];
+    }
+  }
+}
+
+extern "C" int cuda_rope_qkv_write(void *q_out, const void *qkv, int ldq, const float *q_norm, const float *k_norm,
+                                   float eps, cuda_kv_t *kv, int layer, const int32_t *positions,
+                                   const int32_t *slots, int T_, int H, int style, const float *inv_freq,
+                                   cudaStream_t stream) {
+  if (T_ <= 0) return 0;
+  const int D = kv->head_dim;
+  if (layer < 0 || layer >= kv->n_layers || D % 2 || ldq < (H + 2 * kv->n_kv_heads) * D) {
+    log_error("cuda rope_qkv_write: layer %d of %d, head dim %d (must be even) or row stride %d < %d", layer,
+              kv->n_layers, D, ldq, (H + 2 * kv->n_kv_heads) * D);
+    return STRATA_EINVAL;
+  }
+  int half = D / 2, threads = half < 128 ? 32 * ((half + 31) / 32) : 128;
+  dim3 grid((unsigned)T_, (unsigned)(H + kv->n_kv_heads));
+  DISPATCH_ACT(kv->dtype, rope_qkv_kernel<T><<<grid, threads, 0, stream>>>(
+                              (T *)q_out, (const T *)qkv, ldq, q_norm, k_norm, eps, (T *)kv->data, kv->n_blocks,
+                              kv->n_layers, kv->n_kv_heads, kv->block_size, D, layer, positions, slots, H, style,
+                              inv_freq));
+  return launched("rope_qkv_write");
+}
+
 // ---- SiLU-mul and row gather ----
 
 template <typename T> __global__ void silu_mul_kernel(T *out, const T *gate, const T *up, int64_t n) {
+  pdl_trigger();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     float g = ld(&gate[i]);
     st(&out[i], g / (1.0f + expf(-g)) * ld(&up[i]));
@@ -272,7 +435,31 @@ extern "C" int cuda_silu_mul(void *out, const void *gate, const void *up, int T_
   return launched("silu_mul");
 }
 
+// gate and up rows LD apart, out packed (T, F)
+template <typename T> __global__ void silu_mul_ld_kernel(T *out, const T *gate, const T *up, int64_t n, int F, int ldg) {
+  pdl_trigger();
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    size_t j = (size_t)(i / F) * ldg + (size_t)(i % F);
+    float g = ld(&gate[j]);
+    st(&out[i], g / (1.0f + expf(-g)) * ld(&up[j]));
+  }
+}
+
+extern "C" int cuda_silu_mul_ld(void *out, const void *gate, const void *up, int T_, int F, int ldg, dtype_t act,
+                                cudaStream_t stream) {
+  int64_t n = (int64_t)T_ * F;
+  if (n <= 0) return 0;
+  if (ldg < F) {
+    log_error("cuda silu_mul: row stride %d < %d", ldg, F);
+    return STRATA_EINVAL;
+  }
+  DISPATCH_ACT(act, silu_mul_ld_kernel<T><<<grid_for(n, 256), 256, 0, stream>>>((T *)out, (const T *)gate,
+                                                                                 (const T *)up, n, F, ldg));
+  return launched("silu_mul");
+}
+
 template <typename T> __global__ void gather_kernel(T *out, const T *x, const int32_t *rows, int C) {
+  pdl_trigger();
   const T *src = x + (size_t)rows[blockIdx.x] * C;
   T *dst = out + (size_t)blockIdx.x * C;
   for (int c = threadIdx.x; c < C; c += blockDim.x) dst[c] = src[c];

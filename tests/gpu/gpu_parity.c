@@ -1,5 +1,7 @@
 /* gpu_parity.c: every op of the CUDA backend against the CPU backend (the reference) on the same random
- * inputs, in f32 and bf16, then whole-model logits of dummy:tiny. Prints one line per check with the
+ * inputs, in f32 and bf16 (the fused-projection ops too: weight_prepare_cat + matmul, silu_mul_cat,
+ * rope_qkv_write on strided rows), then whole-model logits of dummy:tiny, plain and with Qwen2 biases and
+ * Qwen3 q/k norms added (the GPU runs fused q|k|v and gate|up projections, the CPU separate ones). Prints one line per check with the
  * relative error ||gpu - cpu|| / ||cpu|| and its tolerance; exits 1 if any check fails.
  * Tolerances: f32 activations 1e-5 (ops) / 1e-4 (whole model); bf16 2e-2 (ops) / 5e-2 (whole model),
  * since every bf16 output carries a rounding of 2^-9 relative. Inputs are rounded to the tested dtype
@@ -171,6 +173,116 @@ static void test_matmul(backend_t *cpu, backend_t *gpu, dtype_t t, dtype_t wt, i
   free(wf), free(wb), free(bias);
 }
 
+/* Fused projections: weight_prepare_cat of three matrices (from WT) and their biases, one matmul against the
+ * CPU's three; silu_mul_cat of a (T, 2F) row; rope_qkv_write of strided q|k|v rows (with and without the
+ * Qwen3 head norms, a token whose slot is outside the cache) against the CPU's op. */
+static void test_fused(backend_t *cpu, backend_t *gpu, dtype_t t, dtype_t wt, int K) {
+  enum { NP = 3 };
+  const int rows[NP] = {96, 32, 40};
+  weight_t hw[NP], hb[NP], cw[NP], gw, gb;
+  float *wf[NP], *bf[NP];
+  uint16_t *wb[NP];
+  int N = 0;
+  for (int i = 0; i < NP; i++) {
+    wf[i] = rnd_vec((size_t)rows[i] * K, 0.1f, t);
+    wb[i] = malloc((size_t)rows[i] * K * 2);
+    for (size_t j = 0; j < (size_t)rows[i] * K; j++) wb[i][j] = f32_to_bf16(wf[i][j]), wf[i][j] = bf16_to_f32(wb[i][j]);
+    bf[i] = rnd_vec((size_t)rows[i], 1.0f, DTYPE_F32);
+    hw[i] = (weight_t){.data = wt == DTYPE_BF16 ? (void *)wb[i] : (void *)wf[i], .dtype = wt, .rows = rows[i], .cols = K};
+    hb[i] = (weight_t){.data = bf[i], .dtype = DTYPE_F32, .rows = 1, .cols = rows[i]};
+    cpu->ops->weight_prepare(cpu, &cw[i], &hw[i]);
+    N += rows[i];
+  }
+  const weight_t *ws[NP] = {&hw[0], &hw[1], &hw[2]}, *bs[NP] = {&hb[0], &hb[1], &hb[2]};
+  if (!gpu->ops->weight_prepare_cat || gpu->ops->weight_prepare_cat(gpu, &gw, ws, NP) != 0 ||
+      gpu->ops->weight_prepare_cat(gpu, &gb, bs, NP) != 0 || gw.rows != N || gw.cols != K || gb.rows != 1 ||
+      gb.cols != N) {
+    printf("FAIL weight_prepare_cat\n");
+    n_fail++;
+    return;
+  }
+  const int Ts[] = {1, 2, 9};
+  for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+    int T = Ts[ti];
+    float *x = rnd_vec((size_t)T * K, 1.0f, t), *ref = malloc(sizeof(float) * T * N), *part = malloc(sizeof(float) * T * N);
+    void *dx = dev_put(gpu, x, (size_t)T * K), *dout = gpu->ops->alloc(gpu, (size_t)T * N * 4);
+    for (int i = 0, off = 0; i < NP; off += rows[i], i++) {
+      cpu->ops->matmul(cpu, part, x, &cw[i], bf[i], T);
+      for (int r = 0; r < T; r++) memcpy(ref + (size_t)r * N + off, part + (size_t)r * rows[i], sizeof(float) * rows[i]);
+    }
+    gpu->ops->matmul(gpu, dout, dx, &gw, gb.data, T);
+    float *g = dev_get(gpu, dout, (size_t)T * N);
+    char what[64];
+    snprintf(what, sizeof what, "fused matmul %s T%d N%d K%d +bias", dtype_name(wt), T, N, K);
+    check(what, t, g, ref, (size_t)T * N, t == DTYPE_F32 ? 1e-5 : 2e-2);
+    free(g), free(x), free(ref), free(part);
+    gpu->ops->free(gpu, dx);
+    gpu->ops->free(gpu, dout);
+  }
+  gpu->ops->weight_release(gpu, &gw);
+  gpu->ops->weight_release(gpu, &gb);
+  for (int i = 0; i < NP; i++) free(wf[i]), free(wb[i]), free(bf[i]);
+
+  /* silu_mul_cat */
+  const int T = 7, F = 1000;
+  float *gu = rnd_vec((size_t)T * 2 * F, 4.0f, t), *out = malloc(sizeof(float) * T * F);
+  void *dgu = dev_put(gpu, gu, (size_t)T * 2 * F), *dout = gpu->ops->alloc(gpu, (size_t)T * F * 4);
+  cpu->ops->silu_mul_cat(cpu, out, gu, T, F);
+  gpu->ops->silu_mul_cat(gpu, dout, dgu, T, F);
+  float *g = dev_get(gpu, dout, (size_t)T * F);
+  check("silu_mul_cat (7 x 2 x 1000)", t, g, out, (size_t)T * F, t == DTYPE_F32 ? 1e-6 : 1e-2);
+  free(g), free(gu), free(out);
+  gpu->ops->free(gpu, dgu);
+  gpu->ops->free(gpu, dout);
+}
+
+/* rope_qkv_write on strided q|k|v rows (LD with padding), both rotation styles, with and without the per-head
+ * norm; 5 tokens of 2 sequences, one with a slot outside the cache. */
+static void test_rope_qkv(backend_t *cpu, backend_t *gpu, dtype_t t, int style, int D, int norm) {
+  enum { H = 8, HKV = 2, B = 16, NB = 9, T = 5 };
+  const int LD = (H + 2 * HKV) * D + 8;
+  be_kv_t ckv = {.dtype = DTYPE_F32, .n_blocks = NB, .n_layers = 2, .n_kv_heads = HKV, .block_size = B, .head_dim = D};
+  ckv.block_bytes = (size_t)2 * 2 * HKV * B * D * 4;
+  be_kv_t gkv = ckv;
+  gkv.dtype = t;
+  gkv.block_bytes = ckv.block_bytes / 4 * dtype_act_bytes(t);
+  ckv.data = calloc(1, ckv.block_bytes * NB);
+  gkv.data = gpu->ops->alloc(gpu, gkv.block_bytes * NB);
+  float inv[128];
+  for (int i = 0; i < D / 2; i++) inv[i] = (float)(1.0 / pow(10000.0, 2.0 * i / D));
+  float *dinv = gpu->ops->alloc(gpu, sizeof(float) * (size_t)(D / 2));
+  gpu->ops->upload(gpu, dinv, inv, sizeof(float) * (size_t)(D / 2));
+  float *qn = rnd_vec((size_t)D, 1.0f, DTYPE_F32), *kn = rnd_vec((size_t)D, 1.0f, DTYPE_F32);
+  float *dqn = gpu->ops->alloc(gpu, (size_t)D * 4), *dkn = gpu->ops->alloc(gpu, (size_t)D * 4);
+  gpu->ops->upload(gpu, dqn, qn, (size_t)D * 4);
+  gpu->ops->upload(gpu, dkn, kn, (size_t)D * 4);
+  be_rope_t crope = {.style = style, .head_dim = D, .inv_freq = inv}, grope = {.style = style, .head_dim = D, .inv_freq = dinv};
+  int32_t tok[T] = {0}, pos[T] = {0, 1, 2, 40, 41}, seq[T] = {0, 0, 0, 1, 1}, qs[3] = {0, 3, 5}, kvl[2] = {3, 42};
+  int32_t slot[T] = {3 * B, 3 * B + 1, 3 * B + 2, 5 * B + 8, NB * B + 1}, table[4] = {3, 0, 7, 5}, lr[2] = {2, 4};
+  be_batch_t hb = {.n_tokens = T, .n_seqs = 2, .tokens = tok, .positions = pos, .slots = slot, .seq_of = seq,
+                   .q_start = qs, .kv_len = kvl, .block_table = table, .max_blocks = 2, .max_kv_len = 42,
+                   .logit_rows = lr, .n_logits = 2},
+             gb;
+  float *qkv = rnd_vec((size_t)T * LD, 2.0f, t), *q = malloc(sizeof(float) * T * H * D);
+  void *dqkv = dev_put(gpu, qkv, (size_t)T * LD), *dq = gpu->ops->alloc(gpu, (size_t)T * H * D * 4);
+  gpu->ops->batch_upload(gpu, &gb, &hb);
+  cpu->ops->rope_qkv_write(cpu, q, qkv, LD, norm ? qn : NULL, norm ? kn : NULL, 1e-6f, &ckv, 1, &hb, &crope, H, HKV);
+  gpu->ops->rope_qkv_write(gpu, dq, dqkv, LD, norm ? dqn : NULL, norm ? dkn : NULL, 1e-6f, &gkv, 1, &gb, &grope, H,
+                           HKV);
+  char what[64];
+  float *g = dev_get(gpu, dq, (size_t)T * H * D);
+  snprintf(what, sizeof what, "rope_qkv (%s%s D%d) q", style ? "neox" : "norm", norm ? ", qk norm" : "", D);
+  check(what, t, g, q, (size_t)T * H * D, t == DTYPE_F32 ? 1e-6 : 1e-2);
+  free(g);
+  size_t nkv = ckv.block_bytes / 4 * NB;
+  g = dev_get(gpu, gkv.data, nkv);
+  snprintf(what, sizeof what, "rope_qkv (%s%s D%d) cache", style ? "neox" : "norm", norm ? ", qk norm" : "", D);
+  check(what, t, g, ckv.data, nkv, t == DTYPE_F32 ? 1e-6 : 1e-2);
+  free(g), free(qkv), free(q), free(qn), free(kn), free(ckv.data);
+  void *bufs[] = {dqkv, dq, dqn, dkn, dinv, gkv.data};
+  for (int i = 0; i < 6; i++) gpu->ops->free(gpu, bufs[i]);
+}
+
 /* A ragged batch over a paged cache: sequence s has its tokens in blocks given by a shuffled table.
  * Step 0 is a prefill of PRE[s] tokens per sequence (prefill chunks of different lengths), step 1 one
  * decode token per sequence: rope_kv_write then attention, compared after each step (q, cache, out).
@@ -247,14 +359,35 @@ static void test_attention(backend_t *cpu, backend_t *gpu, dtype_t t, int style,
   free(ckv.data);
 }
 
-/* dummy:tiny (GQA, f32 weights): one prefill of 2 sequences then 3 decode steps, logits of both backends. */
-static void test_model(backend_t *cpu, backend_t *gpu, dtype_t t, const char *preset) {
+/* dummy:tiny (GQA, f32 weights): one prefill of 2 sequences then 3 decode steps, logits of both backends.
+ * QWEN: with q/k/v biases (Qwen2) and per-head q/k norms (Qwen3) added, random, so that the GPU's fused
+ * projections (bias concatenated, norm inside rope_qkv_write) meet the CPU's separate ones. */
+static void test_model(backend_t *cpu, backend_t *gpu, dtype_t t, const char *preset, int qwen) {
   model_t *m = NULL;
   model_load_opts_t o = {.seed = 7, .dtype = DTYPE_F32};
   if (model_load(&m, preset, &o) != 0) {
     printf("FAIL cannot load %s\n", preset);
     n_fail++;
     return;
+  }
+  float *extra[64] = {0};
+  int n_extra = 0;
+  if (qwen) {
+    model_cfg_t *c = &m->cfg;
+    c->qkv_bias = c->qk_norm = 1;
+    for (int l = 0; l < c->n_layers && n_extra + 5 <= 64; l++) {
+      layer_weights_t *w = &m->w.layers[l];
+      const int HD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim, D = c->head_dim;
+      weight_t *vs[5] = {&w->bq, &w->bk, &w->bv, &w->q_norm, &w->k_norm};
+      const int len[5] = {HD, KD, KD, D, D};
+      for (int i = 0; i < 5; i++) {
+        float *v = rnd_vec((size_t)len[i], i < 3 ? 0.5f : 1.0f, DTYPE_F32);
+        if (i >= 3)
+          for (int j = 0; j < len[i]; j++) v[j] += 1.0f; /* norm weights around 1 */
+        extra[n_extra++] = v;
+        *vs[i] = (weight_t){.data = v, .dtype = DTYPE_F32, .rows = 1, .cols = len[i]};
+      }
+    }
   }
   fwd_t fc, fg;
   enum { B = 16, MAXB = 4 };
@@ -289,11 +422,18 @@ static void test_model(backend_t *cpu, backend_t *gpu, dtype_t t, const char *pr
       break;
     }
     char what[64];
-    snprintf(what, sizeof what, "%s logits, step %d", preset, step);
+    snprintf(what, sizeof what, "%s%s logits, step %d", preset, qwen ? "+qwen" : "", step);
     check(what, t, fg.logits_host, fc.logits_host, (size_t)2 * V, t == DTYPE_F32 ? 1e-4 : 5e-2);
   }
+  if (fg.n_fused_qkv != m->cfg.n_layers || fg.n_fused_gu != m->cfg.n_layers) printf("note: %s%s: %d / %d layers with fused q|k|v / gate|up on the GPU\n", preset, qwen ? "+qwen" : "", fg.n_fused_qkv, fg.n_fused_gu);
   fwd_deinit(&fc);
   fwd_deinit(&fg);
+  for (int l = 0; qwen && l < m->cfg.n_layers; l++) {
+    layer_weights_t *w = &m->w.layers[l];
+    weight_t *vs[5] = {&w->bq, &w->bk, &w->bv, &w->q_norm, &w->k_norm};
+    for (int i = 0; i < 5; i++) memset(vs[i], 0, sizeof *vs[i]);
+  }
+  for (int i = 0; i < n_extra; i++) free(extra[i]);
   model_free(m);
 }
 
@@ -315,7 +455,13 @@ int main(void) {
     test_attention(cpu, gpu, types[i], 1, 36, 8, 0);
     test_attention(cpu, gpu, types[i], 1, 128, 2, 1);
     test_attention(cpu, gpu, types[i], 0, 64, 1, 1);
-    test_model(cpu, gpu, types[i], "dummy:tiny");
+    test_fused(cpu, gpu, types[i], DTYPE_F32, 512);
+    test_fused(cpu, gpu, types[i], DTYPE_BF16, 100);
+    test_rope_qkv(cpu, gpu, types[i], 1, 128, 0);
+    test_rope_qkv(cpu, gpu, types[i], 1, 128, 1);
+    test_rope_qkv(cpu, gpu, types[i], 0, 64, 1);
+    test_model(cpu, gpu, types[i], "dummy:tiny", 0);
+    test_model(cpu, gpu, types[i], "dummy:tiny", 1);
     if (gpu->ops->sync(gpu) != 0) {
       printf("FAIL the CUDA backend reported an error\n");
       n_fail++;

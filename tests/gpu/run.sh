@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # run.sh: the one script to run on a GPU machine: builds strata with CUDA (no network stack), then
-#   parity  - cuda_smoke, gpu_parity (every op vs the CPU backend, whole-model logits), stories260K f32 on
-#             cuda against the published golden text, hf_parity.py (transformers on random weights)
+#   parity  - cuda_smoke, gpu_parity (every op vs the CPU backend, whole-model logits), sample_parity
+#             (sampling on the GPU vs the host sampler), stories260K f32 on cuda against the published
+#             golden text, hf_parity.py (transformers on random weights)
 #   bench   - strata-bench engine on dummy:llama3-8b (decode at 512 context for several batch sizes,
-#             2,048-token prefill) and the device copy bandwidth
+#             2,048-token prefill; offline throughput of 1,024 x 128/128 requests; cold start) and cold
+#             start on an 8B safetensors directory written once under /tmp (OFFLINE=0, COLD=0 skip those)
 #   peers   - bench/peers/torch_peer.py (torch.compile static-cache decode, transformers generate)
 # usage: tests/gpu/run.sh [STAGE...]   (default: parity bench peers). Needs .deps from scripts/gpu_deps.sh.
 # Logs go to $OUT (default ./build-gpu-out); a short table is printed last.
@@ -54,6 +56,10 @@ stage_parity() {
   STRATA_CUDA_ATTENTION=notc "$BUILD/tests/gpu/gpu_parity" >"$OUT/parity_notc.log" 2>&1
   say "gpu_parity (attention without tensor cores): $(tail -1 "$OUT/parity_notc.log")"
   grep FAIL "$OUT/parity_notc.log" | head -10 | tee -a "$SUMMARY"
+  # sampling on the GPU (temperature, top-k, top-p, min-p, Gumbel-max) against sampler_sample
+  "$BUILD/tests/gpu/sample_parity" >"$OUT/sample_parity.log" 2>&1
+  say "sample_parity: $(tail -1 "$OUT/sample_parity.log")"
+  grep -E "FAIL|^time" "$OUT/sample_parity.log" | head -20 | tee -a "$SUMMARY"
   # stories260K: f32 on cuda must print the published golden text (the CPU's); bf16 is reported
   local ref=$STRATA_MODELS_DIR/stories260K/REFERENCE.md
   awk '/^```text$/{on=1; next} /^```$/{on=0} on' "$ref" >"$OUT/stories_ref.txt"
@@ -85,6 +91,8 @@ stage_bench() {
   "$B" engine --device cuda --model dummy:llama3-8b --batch 1 --prompt-len 2048 --gen-len 2 2>>"$OUT/bench.err" |
     tee -a "$log"
   python3 tests/gpu/bench_table.py "$log" | tee -a "$SUMMARY"
+  [ "${OFFLINE:-1}" = 1 ] && bench_offline
+  [ "${COLD:-1}" = 1 ] && bench_cold
   # decode with every step run eagerly (CUDA graphs are the default), to see what the graphs give
   for b in ${GRAPHS_OFF_BATCHES:-1 32}; do
     STRATA_CUDA_GRAPHS=0 "$B" engine --device cuda --model dummy:llama3-8b --batch "$b" --prompt-len 512 \
@@ -92,6 +100,120 @@ stage_bench() {
       python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print('strata cuda:0 no graphs decode batch %4d: %10.1f tok/s' % (r['batch'], r['decode_tok_s']))" |
       tee -a "$SUMMARY"
   done
+}
+
+# summarize_case: one summary line of a strata-bench engine offline or cold-start JSON line (stdin).
+summarize_case() {
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    if not line.startswith("{"): continue
+    r = json.loads(line)
+    if r.get("case") == "offline":
+        print("strata %s offline %d x %d/%d (max %d seqs, T=%g): %.1f output tok/s, %.1f total tok/s, %.1f s, %d preemptions"
+              % (r["device"], r["requests"], r["prompt_len"], r["gen_len"], r["max_num_seqs"], r["temperature"],
+                 r["output_tok_s"], r["total_tok_s"], r["wall_s"], r["preemptions"]))
+    elif r.get("case") == "cold-start":
+        print("strata %s cold start %s%s: first token %.2f s after process start (%.2f after main): open %.2f, "
+              "weights read %.2f (%.1f GB/s), engine (device, weights placed, KV) %.2f, first step %.3f"
+              % (r["device"], r["model"], sys.argv[1], r["first_token_since_process_start_s"],
+                 r["first_token_since_main_s"], r["model_open_s"], r["weights_read_s"], r["weights_read_gb_s"],
+                 r["engine_create_s"], r["first_step_s"]))
+' "${1:-}"
+}
+
+# bench_offline: 1,024 requests of 128 prompt + 128 output tokens queued at once (greedy, then sampled
+# with T=0.8 top-p 0.95, which draws on the GPU), continuous batching at the engine's max-num-seqs.
+bench_offline() {
+  local B="$BUILD/bench/strata-bench" log=$OUT/bench_cases.jsonl
+  timeout 400 "$B" engine --case offline --device cuda --model dummy:llama3-8b --requests 1024 --prompt-len 128 \
+    --gen-len 128 --max-num-seqs "${MAX_NUM_SEQS:-256}" 2>>"$OUT/bench.err" | tee -a "$log" | summarize_case |
+    tee -a "$SUMMARY"
+  timeout 400 "$B" engine --case offline --device cuda --model dummy:llama3-8b --requests 1024 --prompt-len 128 \
+    --gen-len 128 --max-num-seqs "${MAX_NUM_SEQS:-256}" --temperature 0.8 --top-p 0.95 2>>"$OUT/bench.err" |
+    tee -a "$log" | summarize_case | tee -a "$SUMMARY"
+}
+
+# write_llama8b DIR: a Llama-3-8B-shaped Hugging Face directory with random bf16 weights (values drawn
+# once into a 64 Mi-element pool and reused at shifting offsets: writing 16 GB stays disk-bound).
+write_llama8b() {
+  python3 - "$1" <<'PY'
+import json, os, sys, torch
+from safetensors.torch import save_file
+d = sys.argv[1]
+os.makedirs(d, exist_ok=True)
+C, F, L, V, H, KV, D = 4096, 14336, 32, 128256, 32, 8, 128
+cfg = {"architectures": ["LlamaForCausalLM"], "attention_bias": False, "bos_token_id": 128000,
+       "eos_token_id": 128001, "hidden_act": "silu", "hidden_size": C, "initializer_range": 0.02,
+       "intermediate_size": F, "max_position_embeddings": 8192, "model_type": "llama",
+       "num_attention_heads": H, "num_hidden_layers": L, "num_key_value_heads": KV, "rms_norm_eps": 1e-05,
+       "rope_theta": 500000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "vocab_size": V}
+json.dump(cfg, open(os.path.join(d, "config.json"), "w"), indent=2)
+json.dump({"bos_token_id": 128000, "eos_token_id": [128001, 128009]}, open(os.path.join(d, "generation_config.json"), "w"))
+torch.manual_seed(0)
+pool = (torch.randn(1 << 26) * 0.02).to(torch.bfloat16)
+calls = [0]
+def rnd(*shape):
+    n = 1
+    for x in shape: n *= x
+    t = torch.empty(n, dtype=torch.bfloat16)
+    off = 0
+    while off < n:
+        m = min(n - off, pool.numel())
+        calls[0] += 1
+        st = (calls[0] * 7919 * 4096) % (pool.numel() - m + 1)
+        t[off:off + m].copy_(pool[st:st + m])
+        off += m
+    return t.view(*shape)
+ones = lambda n: torch.ones(n, dtype=torch.bfloat16)
+n_shards, weight_map, total = 4, {}, 0
+for s in range(n_shards):
+    ts = {}
+    if s == 0: ts["model.embed_tokens.weight"] = rnd(V, C)
+    for i in range(s * L // n_shards, (s + 1) * L // n_shards):
+        p = "model.layers.%d." % i
+        ts[p + "input_layernorm.weight"] = ones(C)
+        ts[p + "self_attn.q_proj.weight"] = rnd(H * D, C)
+        ts[p + "self_attn.k_proj.weight"] = rnd(KV * D, C)
+        ts[p + "self_attn.v_proj.weight"] = rnd(KV * D, C)
+        ts[p + "self_attn.o_proj.weight"] = rnd(C, H * D)
+        ts[p + "post_attention_layernorm.weight"] = ones(C)
+        ts[p + "mlp.gate_proj.weight"] = rnd(F, C)
+        ts[p + "mlp.up_proj.weight"] = rnd(F, C)
+        ts[p + "mlp.down_proj.weight"] = rnd(C, F)
+    if s == n_shards - 1:
+        ts["model.norm.weight"] = ones(C)
+        ts["lm_head.weight"] = rnd(V, C)
+    name = "model-%05d-of-%05d.safetensors" % (s + 1, n_shards)
+    save_file(ts, os.path.join(d, name), metadata={"format": "pt"})
+    for k, t in ts.items():
+        weight_map[k] = name
+        total += t.numel() * 2
+    print("wrote", name, flush=True)
+# the index last: its presence means the directory is complete
+json.dump({"metadata": {"total_size": total}, "weight_map": weight_map},
+          open(os.path.join(d, "model.safetensors.index.json"), "w"), indent=2)
+PY
+}
+
+# bench_cold: process start to first token: dummy:llama3-8b (random weights made in memory), then an 8B
+# safetensors directory (Llama-3-8B config, random bf16 weights, 4 shards, no tokenizer: the engine
+# needs none) written once under /tmp and loaded twice; the second run (page cache warm) is the figure.
+bench_cold() {
+  local B="$BUILD/bench/strata-bench" log=$OUT/bench_cases.jsonl dir=${COLD_DIR:-/tmp/strata-llama3-8b-random}
+  timeout 300 "$B" engine --case cold-start --device cuda --model dummy:llama3-8b 2>>"$OUT/bench.err" |
+    tee -a "$log" | summarize_case | tee -a "$SUMMARY"
+  if [ ! -f "$dir/model.safetensors.index.json" ]; then
+    local t=$(date +%s)
+    if ! write_llama8b "$dir" >"$OUT/write_llama8b.log" 2>&1; then
+      say "cold start safetensors: could not write $dir ($(tail -1 "$OUT/write_llama8b.log"))"
+      return
+    fi
+    say "wrote $dir ($(du -sh "$dir" | cut -f1)) in $(($(date +%s) - t)) s"
+  fi
+  timeout 300 "$B" engine --case cold-start --device cuda --model "$dir" 2>>"$OUT/bench.err" >>"$OUT/cold_first.jsonl"
+  timeout 300 "$B" engine --case cold-start --device cuda --model "$dir" 2>>"$OUT/bench.err" | tee -a "$log" |
+    summarize_case " (safetensors, second run)" | tee -a "$SUMMARY"
 }
 
 stage_ops() {

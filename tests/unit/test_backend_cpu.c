@@ -156,6 +156,23 @@ static void test_ops(void **state) {
   for (int i = 0; i < D; i++) assert_float_equal(ao[i], v[i], 1e-6);
   for (int i = 0; i < D; i++) assert_float_equal(ao[2 * D + i], v[D + i], 1e-6);
 
+  /* the fused-projection ops: a (T, 2F) gate|up and a (T, LD) q|k|v (with Qwen3 norms), against the kernels */
+  float *gu = rand_vec((size_t)T * 2 * F, 12);
+  o->silu_mul_cat(be, out, gu, T, F);
+  kern_silu_mul_ld(ref, gu, gu + F, T, F, 2 * F, NULL);
+  assert_memory_equal(out, ref, (size_t)T * F * 4);
+  const int LD = (H + 2 * Hkv) * D;
+  float *qkv = rand_vec((size_t)T * LD, 13), *qn = rand_vec(D, 14), *kn = rand_vec(D, 15);
+  memset(kv.data, 0, kv.n_blocks * kv.block_bytes);
+  memset(kkv.data, 0, kv.n_blocks * kv.block_bytes);
+  o->rope_qkv_write(be, q1, qkv, LD, qn, kn, 1e-6f, &kv, 0, &b, &rope, H, Hkv);
+  kern_rope_qkv_write(q2, qkv, LD, qn, kn, 1e-6f, &kkv, 0, pos, slots, T, H, ROPE_STYLE_NEOX, inv_freq, NULL);
+  assert_memory_equal(q1, q2, (size_t)T * H * D * 4);
+  assert_memory_equal(kv.data, kkv.data, kv.n_blocks * kv.block_bytes);
+  /* the CPU keeps projections separate: its weights alias the host ones */
+  assert_null(o->weight_prepare_cat);
+  free(gu), free(qkv), free(qn), free(kn);
+
   free(ao), free(ar), free(q1), free(q2), free(k1), free(k2), free(v), free(kkv.data);
   o->free(be, kv.data);
   free(x), free(w), free(emb), free(wm), free(bias), free(ref), free(res1), free(res2), free(wbf), free(g), free(u);

@@ -271,6 +271,19 @@ static void test_elementwise(void **state) {
   }
   kern_add(out, g, u, T, F, pool);
   for (int i = 0; i < T * F; i++) assert_true(out[i] == g[i] + u[i]);
+  /* strided gate and up (one fused (T, 2F) buffer): against the formula, and the same bits as packed rows */
+  float *gu = rand_vec((size_t)T * 2 * F), *ref2 = malloc((size_t)T * F * 4);
+  for (int i = 0; i < T * 2 * F; i++) gu[i] *= 8;
+  kern_silu_mul_ld(out, gu, gu + F, T, F, 2 * F, pool);
+  for (int t = 0; t < T; t++)
+    for (int i = 0; i < F; i++) {
+      double gv = gu[(size_t)t * 2 * F + i], uv = gu[(size_t)t * 2 * F + F + i], ref = gv / (1.0 + exp(-gv)) * uv;
+      assert_float_equal(out[(size_t)t * F + i], ref, 1e-6 * (1 + fabs(ref)));
+      g[(size_t)t * F + i] = (float)gv, u[(size_t)t * F + i] = (float)uv;
+    }
+  kern_silu_mul(ref2, g, u, T, F, pool);
+  assert_memory_equal(out, ref2, (size_t)T * F * 4);
+  free(gu), free(ref2);
   int32_t rows[3] = {2, 0, 2};
   float *gat = malloc((size_t)3 * F * 4);
   kern_gather_rows(gat, g, rows, 3, F);
@@ -359,6 +372,80 @@ static void test_rope_kv_write(void **state) {
     int32_t bad_slot = 4 * B; /* outside the cache: rotated, not written, no crash */
     kern_rope_kv_write(q, k, v, &kv, layer, positions, &bad_slot, 1, H, style, inv_freq, pool);
     free(kv.data), free(q), free(k), free(v), free(q0), free(k0);
+  }
+  kern_pool_free(pool);
+}
+
+/* Naive RMSNorm of one head in double (Qwen3's q/k norm). */
+static void ref_head_norm(float *out, const float *x, const float *w, int D, float eps) {
+  double ss = 0;
+  for (int i = 0; i < D; i++) ss += (double)x[i] * x[i];
+  double inv = 1.0 / sqrt(ss / D + eps);
+  for (int i = 0; i < D; i++) out[i] = (float)(x[i] * inv * w[i]);
+}
+
+/* The fused-projection variant: q, k, v read from strided rows of one (T, LD) buffer, with and without the
+ * per-head norm, against the naive references, and bit-identical to rmsnorm + kern_rope_kv_write. */
+static void test_rope_qkv_write(void **state) {
+  (void)state;
+  kern_pool_t *pool = pool_of(3);
+  enum { T = 3, H = 4, Hkv = 2, D = 18, B = 4, L = 2, layer = 1, N = (H + 2 * Hkv) * D, LD = N + 5 };
+  int32_t positions[T] = {0, 77, 32767}, slots[T] = {5, 2 * B + 3, 1 * B + 0};
+  float inv_freq[D / 2];
+  for (int i = 0; i < D / 2; i++) inv_freq[i] = (float)pow(10000.0, -2.0 * i / D);
+  const float eps = 1e-6f;
+  for (int style = 0; style < 2; style++) {
+    for (int norm = 0; norm < 2; norm++) {
+      float *qkv = rand_vec((size_t)T * LD), *qn = rand_vec(D), *kn = rand_vec(D);
+      float *qkv0 = malloc((size_t)T * LD * 4), *q_out = malloc((size_t)T * H * D * 4);
+      memcpy(qkv0, qkv, (size_t)T * LD * 4);
+      kern_kv_t kv = kv_new(4, L, Hkv, B, D);
+      kern_rope_qkv_write(q_out, qkv, LD, norm ? qn : NULL, norm ? kn : NULL, eps, &kv, layer, positions, slots, T, H,
+                          style, inv_freq, pool);
+      assert_memory_equal(qkv, qkv0, (size_t)T * LD * 4); /* read only */
+      double ref[H * D];
+      float head[D];
+      for (int t = 0; t < T; t++) {
+        const float *row = qkv + (size_t)t * LD;
+        for (int h = 0; h < H + Hkv; h++) {
+          const float *src = row + (size_t)h * D;
+          if (norm)
+            ref_head_norm(head, src, h < H ? qn : kn, D, eps);
+          else
+            memcpy(head, src, sizeof head);
+          ref_rope(ref, head, 1, D, style, positions[t], inv_freq);
+          const float *got = h < H ? q_out + ((size_t)t * H + h) * D
+                                   : kv_at(&kv, slots[t] / B, layer, 0, h - H, slots[t] % B);
+          for (int i = 0; i < D; i++) assert_float_equal(got[i], ref[i], 2e-6 * (1 + fabs(ref[i])));
+        }
+        for (int h = 0; h < Hkv; h++) /* v: copied as it is */
+          assert_memory_equal(kv_at(&kv, slots[t] / B, layer, 1, h, slots[t] % B), row + (size_t)(H + Hkv + h) * D,
+                              D * 4);
+      }
+      /* the same bits as the separate ops: (rmsnorm of each head,) then kern_rope_kv_write on packed q, k, v */
+      float *q = malloc((size_t)T * H * D * 4), *k = malloc((size_t)T * Hkv * D * 4), *v = malloc((size_t)T * Hkv * D * 4);
+      for (int t = 0; t < T; t++) {
+        memcpy(q + (size_t)t * H * D, qkv + (size_t)t * LD, (size_t)H * D * 4);
+        memcpy(k + (size_t)t * Hkv * D, qkv + (size_t)t * LD + H * D, (size_t)Hkv * D * 4);
+        memcpy(v + (size_t)t * Hkv * D, qkv + (size_t)t * LD + (H + Hkv) * D, (size_t)Hkv * D * 4);
+      }
+      if (norm) {
+        kern_rmsnorm(q, q, qn, T * H, D, eps, NULL);
+        kern_rmsnorm(k, k, kn, T * Hkv, D, eps, NULL);
+      }
+      kern_kv_t kv2 = kv_new(4, L, Hkv, B, D);
+      kern_rope_kv_write(q, k, v, &kv2, layer, positions, slots, T, H, style, inv_freq, NULL);
+      assert_memory_equal(q, q_out, (size_t)T * H * D * 4);
+      assert_memory_equal(kv.data, kv2.data, (size_t)4 * L * 2 * Hkv * B * D * 4);
+      /* a slot outside the cache: q still written, the cache untouched */
+      int32_t bad_slot = 4 * B;
+      memset(q_out, 0, (size_t)H * D * 4);
+      kern_rope_qkv_write(q_out, qkv + LD, LD, norm ? qn : NULL, norm ? kn : NULL, eps, &kv, layer, positions + 1,
+                          &bad_slot, 1, H, style, inv_freq, pool);
+      assert_memory_equal(q_out, q + H * D, (size_t)H * D * 4);
+      assert_memory_equal(kv.data, kv2.data, (size_t)4 * L * 2 * Hkv * B * D * 4);
+      free(qkv), free(qkv0), free(qn), free(kn), free(q_out), free(q), free(k), free(v), free(kv.data), free(kv2.data);
+    }
   }
   kern_pool_free(pool);
 }
@@ -494,6 +581,7 @@ int main(void) {
       cmocka_unit_test(test_elementwise),
       cmocka_unit_test(test_embed),
       cmocka_unit_test(test_rope_kv_write),
+      cmocka_unit_test(test_rope_qkv_write),
       cmocka_unit_test(test_attention_accuracy),
       cmocka_unit_test(test_attention_chunk_invariance),
   };

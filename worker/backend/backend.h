@@ -62,7 +62,7 @@ typedef struct {
 
 /* Per-row sampling parameters for sample_rows (see worker/sample/sample.h for the semantics). */
 typedef struct {
-  float temperature; /* > 0 (greedy rows use argmax_rows) */
+  float temperature; /* < 1e-5: greedy (argmax, ties to the lowest id), as sampler_sample */
   int top_k;         /* <= 0: off */
   float top_p;       /* 1: off */
   float min_p;       /* 0: off */
@@ -87,6 +87,14 @@ typedef struct {
    * weight_release undoes it. */
   int (*weight_prepare)(backend_t *be, weight_t *dst, const weight_t *src);
   void (*weight_release)(backend_t *be, weight_t *w);
+  /* (optional, default NULL: the forward pass keeps separate projections) weight_prepare_cat: DST = the
+   * N host weights SRCS[0..n-1] placed one after the other in one backend weight: matrices of equal cols
+   * become (sum of rows, cols) (fused q|k|v or gate|up projections), vectors (rows == 1, f32) become
+   * (1, sum of cols) (concatenated biases). Released with weight_release. Returns 0, STRATA_EUNSUPPORTED
+   * (fusion turned off or shapes that do not stack: the caller prepares the weights one by one),
+   * STRATA_ENOMEM or STRATA_EIO (logged). The CPU backend leaves it NULL: its weights alias the mmap and
+   * a fused copy would double host memory. */
+  int (*weight_prepare_cat)(backend_t *be, weight_t *dst, const weight_t *const *srcs, int n);
   /* batch_upload: copies a host batch's arrays to backend memory; DST's pointers stay valid until the
    * next batch_upload. CPU: DST = SRC. */
   int (*batch_upload)(backend_t *be, be_batch_t *dst, const be_batch_t *src);
@@ -105,12 +113,22 @@ typedef struct {
    * cache at b->slots for LAYER. */
   void (*rope_kv_write)(backend_t *be, void *q, void *k, const void *v, be_kv_t *kv, int layer, const be_batch_t *b,
                         const be_rope_t *rope, int n_heads, int n_kv_heads);
+  /* rope_qkv_write: rope_kv_write for a fused projection. QKV(T, LD) holds in each row of LD elements q (H*D),
+   * then k (Hkv*D), then v (Hkv*D). Q_OUT(T,H*D) (packed, must not overlap QKV) = RoPE of q; k is rotated
+   * and written with v to the cache (QKV is not modified). Q_NORM, K_NORM (D) f32 or NULL: Qwen3's RMSNorm
+   * of each q and k head (with EPS) before RoPE, as rmsnorm then rope_kv_write would compute it. */
+  void (*rope_qkv_write)(backend_t *be, void *q_out, const void *qkv, int ld, const float *q_norm,
+                         const float *k_norm, float eps, be_kv_t *kv, int layer, const be_batch_t *b,
+                         const be_rope_t *rope, int n_heads, int n_kv_heads);
   /* out(T,H*D): causal attention of each query over its sequence's cached K/V (positions
    * 0..positions[t]), GQA (H / Hkv query heads share one KV head), softmax(q.k * scale). */
   void (*attention)(backend_t *be, void *out, const void *q, const be_kv_t *kv, int layer, const be_batch_t *b,
                     int n_heads, int n_kv_heads, float scale);
   /* out(T,F) = silu(gate) * up */
   void (*silu_mul)(backend_t *be, void *out, const void *gate, const void *up, int T, int F);
+  /* out(T,F) = silu(gu[:, :F]) * gu[:, F:2F] of a fused gate|up projection gu(T,2F); OUT packed, not
+   * overlapping GU. */
+  void (*silu_mul_cat)(backend_t *be, void *out, const void *gu, int T, int F);
   /* out(n,C) = x[rows[i]] */
   void (*gather_rows)(backend_t *be, void *out, const void *x, const int32_t *rows, int n, int C);
   /* host_out(n) = f32(x(n)) : the way logits come back to the host */
@@ -132,6 +150,8 @@ struct backend {
   dtype_t act_dtype; /* activation and KV dtype */
   int n_threads;
   char device[32];   /* "cpu", "cuda:0" */
+  int pad_decode;    /* 1: the engine pads decode-only steps to a few batch sizes (captured CUDA graphs are
+                        per size, so steps reuse a handful of graphs) */
 };
 
 /* backend_create: "cpu" or "cuda[:N]" ("auto": a GPU when one is present, else the CPU). N_THREADS

@@ -88,27 +88,79 @@ static int plain_greedy(const req_t *r) {
          (sp->min_tokens <= 0 || req_n_generated(r) >= sp->min_tokens);
 }
 
-int runner_execute(engine_t *e, const sched_out_t *so) {
-  be_batch_t b;
-  build_batch(e, so, &b);
-  /* NOTE: a step whose every sampling request is plain greedy takes the argmax on the backend, so
-   * only token ids cross to the host (on a GPU the (S, V) logits copy dominates large decode steps). */
-  int all_greedy = e->be->ops->argmax_rows != NULL;
-  for (int i = 0; i < so->n_items && all_greedy; i++)
-    if (so->items[i].sample) all_greedy = plain_greedy(so->items[i].req);
-  if (all_greedy && b.n_logits > 0) {
-    int rc = fwd_run_argmax(&e->fwd, &b);
-    if (rc) {
-      log_error("forward pass failed on %s: %s", e->be->device, strata_strerror(rc));
-      return rc;
+/* device_samplable: the backend's sample_rows gives what sampler_sample would for this request: no
+ * penalties (they need the history), no logprobs (they need the raw row), no stop masking pending. */
+static int device_samplable(const req_t *r) {
+  const sampling_params_t *sp = &r->sp;
+  return sp->repetition_penalty == 1.0f && sp->presence_penalty == 0.0f && sp->frequency_penalty == 0.0f &&
+         !sp->logprobs && sp->top_logprobs == 0 && (sp->min_tokens <= 0 || req_n_generated(r) >= sp->min_tokens);
+}
+
+enum { RUN_HOST = 0, RUN_ARGMAX, RUN_SAMPLE };
+
+/* step_mode: where step SO's tokens are drawn. The device paths only move token ids to the host; on
+ * a GPU the (S, V) logits copy and the host sampler's sweeps dominate large decode steps otherwise.
+ * STRATA_SAMPLE_ON_HOST=1 keeps every non-greedy step on the host sampler (for comparisons). */
+static int step_mode(const engine_t *e, const sched_out_t *so) {
+  const be_ops_t *op = e->be->ops;
+  int greedy = op->argmax_rows != NULL, dev = op->sample_rows != NULL;
+  if (dev) {
+    const char *env = getenv("STRATA_SAMPLE_ON_HOST");
+    if (env && strcmp(env, "0") != 0) dev = 0;
+  }
+  for (int i = 0; i < so->n_items && (greedy || dev); i++) {
+    if (!so->items[i].sample) continue;
+    if (greedy) greedy = plain_greedy(so->items[i].req);
+    if (dev) dev = device_samplable(so->items[i].req);
+  }
+  return greedy ? RUN_ARGMAX : dev ? RUN_SAMPLE : RUN_HOST;
+}
+
+/* run_on_device: the forward pass with the tokens drawn on the backend (MODE RUN_ARGMAX or RUN_SAMPLE). */
+static int run_on_device(engine_t *e, const sched_out_t *so, const be_batch_t *b, int mode) {
+  be_sample_t *p = NULL;
+  int rc;
+  if (mode == RUN_SAMPLE) {
+    /* NOTE: a step's rows are few (max_num_seqs at most); one small allocation per step is noise */
+    p = malloc(sizeof *p * (size_t)b->n_logits);
+    if (!p) {
+      log_error("runner: out of memory for %d sampling parameter sets", b->n_logits);
+      return STRATA_ENOMEM;
     }
     for (int i = 0, j = 0; i < so->n_items; i++) {
       if (!so->items[i].sample) continue;
-      e->results[i] = (sample_result_t){.token = e->fwd.argmax_host[j++]};
-      e->sampled[i] = e->results[i].token;
+      const req_t *r = so->items[i].req;
+      p[j++] = (be_sample_t){.temperature = r->sp.temperature, .top_k = r->sp.top_k, .top_p = r->sp.top_p,
+                             .min_p = r->sp.min_p, .seed = r->sp.seed, .position = (uint64_t)r->n_tokens};
     }
-    return 0;
+    rc = fwd_run_sample(&e->fwd, b, p);
+  } else {
+    rc = fwd_run_argmax(&e->fwd, b);
   }
+  free(p);
+  if (rc) {
+    log_error("forward pass failed on %s: %s", e->be->device, strata_strerror(rc));
+    return rc;
+  }
+  for (int i = 0, j = 0; i < so->n_items; i++) {
+    if (!so->items[i].sample) continue;
+    int32_t tok = e->fwd.argmax_host[j++];
+    if (tok < 0 || tok >= e->m->cfg.vocab_size) { /* the host sampler's error: nothing can be drawn */
+      log_error("runner: request %llu has no token to draw on %s (every logit is -inf or NaN)",
+                (unsigned long long)so->items[i].req->id, e->be->device);
+      return STRATA_EINVAL;
+    }
+    e->results[i] = (sample_result_t){.token = tok};
+    e->sampled[i] = tok;
+  }
+  return 0;
+}
+
+int runner_execute(engine_t *e, const sched_out_t *so) {
+  be_batch_t b;
+  build_batch(e, so, &b);
+  int mode = step_mode(e, so);
+  if (mode != RUN_HOST && b.n_logits > 0) return run_on_device(e, so, &b, mode);
   int rc = fwd_run(&e->fwd, &b);
   if (rc) {
     log_error("forward pass failed on %s: %s", e->be->device, strata_strerror(rc));

@@ -49,12 +49,50 @@ static void release_weight(backend_t *be, weight_t *w) {
   memset(w, 0, sizeof *w);
 }
 
+/* prepare_cat: DST = the N weights of SRCS stacked on the backend, when it can fuse them. Returns 0 (fused),
+ * 1 (not fused: the caller places them one by one) or a STRATA_E* code. */
+static int prepare_cat(backend_t *be, weight_t *dst, const weight_t *const *srcs, int n) {
+  memset(dst, 0, sizeof *dst);
+  if (!be->ops->weight_prepare_cat) return 1;
+  int rc = be->ops->weight_prepare_cat(be, dst, srcs, n);
+  return rc == STRATA_EUNSUPPORTED ? 1 : rc;
+}
+
+/* prepare_fused: layer L's q|k|v and gate|up as single weights where the backend fuses (the parts in D
+ * stay absent), so that a layer runs 4 matrix products instead of 7. The biases must be all present or all
+ * absent. */
+static int prepare_fused(fwd_t *f, const layer_weights_t *s, fwd_fused_t *fu) {
+  backend_t *be = f->be;
+  memset(fu, 0, sizeof *fu);
+  if (!be->ops->weight_prepare_cat || !be->ops->rope_qkv_write || !be->ops->silu_mul_cat) return 0;
+  int n_bias = !!s->bq.data + !!s->bk.data + !!s->bv.data;
+  int rc = 0;
+  if (n_bias == 0 || n_bias == 3) {
+    const weight_t *w[3] = {&s->wq, &s->wk, &s->wv}, *bias[3] = {&s->bq, &s->bk, &s->bv};
+    rc = prepare_cat(be, &fu->wqkv, w, 3);
+    if (rc == 0 && n_bias) {
+      rc = prepare_cat(be, &fu->bqkv, bias, 3);
+      if (rc) release_weight(be, &fu->wqkv); /* both or neither */
+    }
+    if (rc == 0) f->n_fused_qkv++;
+    if (rc > 0) rc = 0;
+  }
+  if (!rc) {
+    const weight_t *w[2] = {&s->w_gate, &s->w_up};
+    rc = prepare_cat(be, &fu->wgu, w, 2);
+    if (rc == 0) f->n_fused_gu++;
+    if (rc > 0) rc = 0;
+  }
+  return rc;
+}
+
 static int prepare_weights(fwd_t *f) {
   const model_t *m = f->m;
   backend_t *be = f->be;
   const int L = m->cfg.n_layers;
   f->w.layers = calloc((size_t)L, sizeof(layer_weights_t));
-  if (!f->w.layers) return STRATA_ENOMEM;
+  f->fused = calloc((size_t)L, sizeof(fwd_fused_t));
+  if (!f->w.layers || !f->fused) return STRATA_ENOMEM;
   int rc = prepare_weight(be, &f->w.tok_embd, &m->w.tok_embd);
   if (!rc) rc = prepare_weight(be, &f->w.out_norm, &m->w.out_norm);
   if (!rc) {
@@ -70,7 +108,13 @@ static int prepare_weights(fwd_t *f) {
                              &s->q_norm, &s->k_norm, &s->wo, &s->ffn_norm, &s->w_gate, &s->w_up, &s->w_down};
     weight_t *dst[] = {&d->attn_norm, &d->wq, &d->wk, &d->wv, &d->bq, &d->bk, &d->bv,
                        &d->q_norm, &d->k_norm, &d->wo, &d->ffn_norm, &d->w_gate, &d->w_up, &d->w_down};
-    for (size_t i = 0; i < sizeof src / sizeof src[0] && !rc; i++) rc = prepare_weight(be, dst[i], src[i]);
+    fwd_fused_t *fu = &f->fused[l];
+    rc = prepare_fused(f, s, fu);
+    for (size_t i = 0; i < sizeof src / sizeof src[0] && !rc; i++) {
+      int in_qkv = i >= 1 && i <= 6, in_gu = i == 11 || i == 12; /* wq..bv; w_gate, w_up */
+      if ((in_qkv && fu->wqkv.data) || (in_gu && fu->wgu.data)) continue;
+      rc = prepare_weight(be, dst[i], src[i]);
+    }
   }
   if (rc) log_error("cannot place the weights of %s on %s: %s", m->name, be->device, strata_strerror(rc));
   return rc;
@@ -88,9 +132,16 @@ static void release_weights(fwd_t *f) {
     weight_t *ws[] = {&d->attn_norm, &d->wq, &d->wk, &d->wv, &d->bq, &d->bk, &d->bv,
                       &d->q_norm, &d->k_norm, &d->wo, &d->ffn_norm, &d->w_gate, &d->w_up, &d->w_down};
     for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) release_weight(be, ws[i]);
+    if (f->fused) {
+      release_weight(be, &f->fused[l].wqkv);
+      release_weight(be, &f->fused[l].bqkv);
+      release_weight(be, &f->fused[l].wgu);
+    }
   }
   free(f->w.layers);
+  free(f->fused);
   f->w.layers = NULL;
+  f->fused = NULL;
 }
 
 static void *alloc_act(fwd_t *f, int rows, int cols, int *rc) {
@@ -138,16 +189,21 @@ int fwd_init(fwd_t *f, const model_t *m, backend_t *be, int block_size, int max_
   f->x = alloc_act(f, T, C, &rc);
   f->xb = alloc_act(f, T, C, &rc);
   f->xo = alloc_act(f, T, C, &rc);
+  const int L = c->n_layers;
   f->q = alloc_act(f, T, HD, &rc);
-  f->k = alloc_act(f, T, KD, &rc);
-  f->v = alloc_act(f, T, KD, &rc);
-  if (c->qk_norm) {
-    f->qn = alloc_act(f, T, HD, &rc);
-    f->kn = alloc_act(f, T, KD, &rc);
+  if (f->n_fused_qkv > 0) f->qkv = alloc_act(f, T, HD + 2 * KD, &rc);
+  if (f->n_fused_qkv < L) {
+    f->k = alloc_act(f, T, KD, &rc);
+    f->v = alloc_act(f, T, KD, &rc);
+    if (c->qk_norm) {
+      f->qn = alloc_act(f, T, HD, &rc);
+      f->kn = alloc_act(f, T, KD, &rc);
+    }
   }
   f->att = alloc_act(f, T, HD, &rc);
   f->gate = alloc_act(f, T, c->hidden_dim, &rc);
-  f->up = alloc_act(f, T, c->hidden_dim, &rc);
+  if (f->n_fused_gu > 0) f->gu = alloc_act(f, T, 2 * c->hidden_dim, &rc);
+  if (f->n_fused_gu < L) f->up = alloc_act(f, T, c->hidden_dim, &rc);
   f->lx = alloc_act(f, max_logits, C, &rc);
   f->logits = alloc_act(f, max_logits, c->vocab_size, &rc);
   if (!rc) {
@@ -178,7 +234,7 @@ int fwd_alloc_kv(fwd_t *f, int n_kv_blocks) {
 void fwd_deinit(fwd_t *f) {
   backend_t *be = f->be;
   if (!be) return;
-  void *bufs[] = {f->x, f->xb, f->xo, f->q, f->k, f->v, f->qn, f->kn, f->att, f->gate, f->up,
+  void *bufs[] = {f->x, f->xb, f->xo, f->q, f->k, f->v, f->qn, f->kn, f->qkv, f->gu, f->att, f->gate, f->up,
                   f->lx, f->logits, f->kv.data, f->inv_freq};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
     if (bufs[i]) be->ops->free(be, bufs[i]);
@@ -228,22 +284,33 @@ static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int mode, const be_sampl
     else
       op->add_rmsnorm(be, f->xb, f->x, f->xo, w->attn_norm.data, T, C, c->norm_eps);
 
-    /* q, k, v projections (Qwen2: with bias) */
-    op->matmul(be, f->q, f->xb, &w->wq, w->bq.data, T);
-    op->matmul(be, f->k, f->xb, &w->wk, w->bk.data, T);
-    op->matmul(be, f->v, f->xb, &w->wv, w->bv.data, T);
-    void *q = f->q, *k = f->k;
+    const fwd_fused_t *fu = &f->fused[l];
+    void *q = f->q;
+    if (fu->wqkv.data) {
+      /* q | k | v in one projection (Qwen2: with bias); then (Qwen3: each head's RMSNorm and) RoPE read
+       * the strided rows, writing q packed and k, v to the paged cache at each token's slot */
+      const int N = (H + 2 * Hkv) * D;
+      op->matmul(be, f->qkv, f->xb, &fu->wqkv, fu->bqkv.data, T);
+      op->rope_qkv_write(be, f->q, f->qkv, N, c->qk_norm ? w->q_norm.data : NULL,
+                         c->qk_norm ? w->k_norm.data : NULL, c->norm_eps, &f->kv, l, b, &f->rope, H, Hkv);
+    } else {
+      /* q, k, v projections (Qwen2: with bias) */
+      op->matmul(be, f->q, f->xb, &w->wq, w->bq.data, T);
+      op->matmul(be, f->k, f->xb, &w->wk, w->bk.data, T);
+      op->matmul(be, f->v, f->xb, &w->wv, w->bv.data, T);
+      void *k = f->k;
 
-    /* Qwen3: RMSNorm of each head of q and k before RoPE */
-    if (c->qk_norm) {
-      op->rmsnorm(be, f->qn, f->q, w->q_norm.data, T * H, D, c->norm_eps);
-      op->rmsnorm(be, f->kn, f->k, w->k_norm.data, T * Hkv, D, c->norm_eps);
-      q = f->qn;
-      k = f->kn;
+      /* Qwen3: RMSNorm of each head of q and k before RoPE */
+      if (c->qk_norm) {
+        op->rmsnorm(be, f->qn, f->q, w->q_norm.data, T * H, D, c->norm_eps);
+        op->rmsnorm(be, f->kn, f->k, w->k_norm.data, T * Hkv, D, c->norm_eps);
+        q = f->qn;
+        k = f->kn;
+      }
+
+      /* RoPE on q and k, then k and v into the paged cache at each token's slot */
+      op->rope_kv_write(be, q, k, f->v, &f->kv, l, b, &f->rope, H, Hkv);
     }
-
-    /* RoPE on q and k, then k and v into the paged cache at each token's slot */
-    op->rope_kv_write(be, q, k, f->v, &f->kv, l, b, &f->rope, H, Hkv);
 
     /* causal attention of every query over its sequence's cached keys and values (GQA) */
     op->attention(be, f->att, q, &f->kv, l, b, H, Hkv, scale);
@@ -255,9 +322,14 @@ static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int mode, const be_sampl
     op->add_rmsnorm(be, f->xb, f->x, f->xo, w->ffn_norm.data, T, C, c->norm_eps);
 
     /* SwiGLU FFN: xo = W_down (silu(W_gate xb) * W_up xb) */
-    op->matmul(be, f->gate, f->xb, &w->w_gate, NULL, T);
-    op->matmul(be, f->up, f->xb, &w->w_up, NULL, T);
-    op->silu_mul(be, f->gate, f->gate, f->up, T, F);
+    if (fu->wgu.data) {
+      op->matmul(be, f->gu, f->xb, &fu->wgu, NULL, T);
+      op->silu_mul_cat(be, f->gate, f->gu, T, F);
+    } else {
+      op->matmul(be, f->gate, f->xb, &w->w_gate, NULL, T);
+      op->matmul(be, f->up, f->xb, &w->w_up, NULL, T);
+      op->silu_mul(be, f->gate, f->gate, f->up, T, F);
+    }
     op->matmul(be, f->xo, f->gate, &w->w_down, NULL, T);
   }
 

@@ -10,10 +10,20 @@
 #include "worker/backend/backend.h"
 #include "worker/model/model.h"
 
+/* A layer's fused projections (backends with weight_prepare_cat); a NULL data pointer: not fused. */
+typedef struct {
+  weight_t wqkv;           /* (H*D + 2*Hkv*D, C): wq | wk | wv */
+  weight_t bqkv;           /* (1, H*D + 2*Hkv*D) f32: bq | bk | bv (Qwen2), else absent */
+  weight_t wgu;            /* (2F, C): w_gate | w_up */
+} fwd_fused_t;
+
 typedef struct {
   const model_t *m;        /* borrowed */
   backend_t *be;           /* borrowed */
-  model_weights_t w;       /* backend-resident weights (CPU: the host weights) */
+  model_weights_t w;       /* backend-resident weights (CPU: the host weights); a fused projection's parts
+                              stay absent here */
+  fwd_fused_t *fused;      /* (L) */
+  int n_fused_qkv, n_fused_gu; /* layers whose q|k|v / gate|up projections are fused */
   float *inv_freq;         /* (D/2) backend memory */
   be_rope_t rope;
   be_kv_t kv;              /* the paged KV cache */
@@ -28,6 +38,8 @@ typedef struct {
   void *v;                 /* (T, Hkv*D) */
   void *qn;                /* (T, H*D) Qwen3: q after its norm */
   void *kn;                /* (T, Hkv*D) Qwen3: k after its norm */
+  void *qkv;               /* (T, H*D + 2*Hkv*D) fused q | k | v (when a layer has wqkv) */
+  void *gu;                /* (T, 2F) fused gate | up (when a layer has wgu) */
   void *att;               /* (T, H*D) attention output */
   void *gate;              /* (T, F) */
   void *up;                /* (T, F) */

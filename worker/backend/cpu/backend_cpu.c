@@ -107,6 +107,19 @@ static void cpu_rope_kv_write(backend_t *be, void *q, void *k, const void *v, be
                      rope->inv_freq, cpu_pool(be));
 }
 
+static void cpu_rope_qkv_write(backend_t *be, void *q_out, const void *qkv, int ld, const float *q_norm,
+                               const float *k_norm, float eps, be_kv_t *kv, int layer, const be_batch_t *b,
+                               const be_rope_t *rope, int n_heads, int n_kv_heads) {
+  kern_kv_t kkv = cpu_kv(kv);
+  if (n_kv_heads != kv->n_kv_heads || rope->head_dim != kv->head_dim) {
+    log_error("cpu backend: rope_qkv_write with %d KV heads of %d for a cache of %d heads of %d", n_kv_heads,
+              rope->head_dim, kv->n_kv_heads, kv->head_dim);
+    return;
+  }
+  kern_rope_qkv_write(q_out, qkv, ld, q_norm, k_norm, eps, &kkv, layer, b->positions, b->slots, b->n_tokens, n_heads,
+                      rope->style, rope->inv_freq, cpu_pool(be));
+}
+
 static void cpu_attention(backend_t *be, void *out, const void *q, const be_kv_t *kv, int layer, const be_batch_t *b,
                           int n_heads, int n_kv_heads, float scale) {
   kern_kv_t kkv = cpu_kv(kv);
@@ -121,6 +134,11 @@ static void cpu_attention(backend_t *be, void *out, const void *q, const be_kv_t
 
 static void cpu_silu_mul(backend_t *be, void *out, const void *gate, const void *up, int T, int F) {
   kern_silu_mul(out, gate, up, T, F, cpu_pool(be));
+}
+
+static void cpu_silu_mul_cat(backend_t *be, void *out, const void *gu, int T, int F) {
+  const float *g = gu;
+  kern_silu_mul_ld(out, g, g + F, T, F, 2 * F, cpu_pool(be));
 }
 
 static void cpu_gather_rows(backend_t *be, void *out, const void *x, const int32_t *rows, int n, int C) {
@@ -161,8 +179,10 @@ static const be_ops_t cpu_ops = {
     .add_rmsnorm = cpu_add_rmsnorm,
     .matmul = cpu_matmul,
     .rope_kv_write = cpu_rope_kv_write,
+    .rope_qkv_write = cpu_rope_qkv_write,
     .attention = cpu_attention,
     .silu_mul = cpu_silu_mul,
+    .silu_mul_cat = cpu_silu_mul_cat,
     .gather_rows = cpu_gather_rows,
     .to_host_f32 = cpu_to_host_f32,
     .argmax_rows = cpu_argmax_rows,

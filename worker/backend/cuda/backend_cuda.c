@@ -47,6 +47,7 @@ typedef struct {
   void *workspace;
   gemm_plan_t plans[GEMM_CACHE];
   int gemv_max_t; /* T up to which matmul uses our GEMV instead of cuBLASLt */
+  int fuse_on;    /* weight_prepare_cat fuses (STRATA_CUDA_FUSE, default 1) */
   int err; /* the first error of an op (ops return void); reported by sync and to_host_f32 */
   /* batch_upload: one pinned buffer, one copy */
   int32_t *batch_host, *batch_dev;
@@ -268,20 +269,17 @@ static int stage_init(backend_t *be) {
   return 0;
 }
 
-/* Matrices become the activation dtype; vectors (norm weights, biases: one row) stay f32, as the ops
- * take them as float. Quantized weights are dequantized on the host, chunk by chunk. The copies go
- * through two pinned buffers so that filling one overlaps the transfer of the other. */
-static int cuda_weight_prepare(backend_t *be, weight_t *dst, const weight_t *src) {
-  cuda_ctx_t *c = ctx_of(be);
-  memset(dst, 0, sizeof *dst);
-  dtype_t st = src->dtype, dt = src->rows == 1 ? DTYPE_F32 : be->act_dtype;
-  if (st != DTYPE_F32 && st != DTYPE_F16 && st != DTYPE_BF16 && !dtype_is_quant(st)) {
-    log_error("cuda backend: weight dtype %s cannot be placed on the GPU", dtype_name(st));
-    return STRATA_EUNSUPPORTED;
-  }
+static int weight_dtype_ok(const weight_t *src) {
+  dtype_t st = src->dtype;
+  if (st == DTYPE_F32 || st == DTYPE_F16 || st == DTYPE_BF16 || dtype_is_quant(st)) return 1;
+  log_error("cuda backend: weight dtype %s cannot be placed on the GPU", dtype_name(st));
+  return 0;
+}
+
+/* upload_weight: host weight SRC converted to DT into device memory P (its elements in order). */
+static int upload_weight(backend_t *be, void *p, dtype_t dt, const weight_t *src) {
+  dtype_t st = src->dtype;
   int64_t n = src->rows * src->cols;
-  void *p = cuda_alloc(be, (size_t)n * dtype_act_bytes(dt));
-  if (!p) return STRATA_ENOMEM;
   int rc = stage_init(be);
   if (!rc && dtype_is_quant(st)) {
     int64_t rows_per = (int64_t)(STAGE_BYTES / ((size_t)src->cols * 4));
@@ -302,12 +300,62 @@ static int cuda_weight_prepare(backend_t *be, weight_t *dst, const weight_t *src
       rc = stage_chunk(be, (int)(i & 1), p, dt, o, (const char *)src->data + (size_t)o * esz, st,
                        n - o < per ? n - o : per);
   }
+  return rc;
+}
+
+/* Matrices become the activation dtype; vectors (norm weights, biases: one row) stay f32, as the ops
+ * take them as float. Quantized weights are dequantized on the host, chunk by chunk. The copies go
+ * through two pinned buffers so that filling one overlaps the transfer of the other. */
+static int cuda_weight_prepare(backend_t *be, weight_t *dst, const weight_t *src) {
+  cuda_ctx_t *c = ctx_of(be);
+  memset(dst, 0, sizeof *dst);
+  dtype_t dt = src->rows == 1 ? DTYPE_F32 : be->act_dtype;
+  if (!weight_dtype_ok(src)) return STRATA_EUNSUPPORTED;
+  void *p = cuda_alloc(be, (size_t)(src->rows * src->cols) * dtype_act_bytes(dt));
+  if (!p) return STRATA_ENOMEM;
+  int rc = upload_weight(be, p, dt, src);
   if (!rc) rc = cu_ok(cudaStreamSynchronize(c->stream), "weight upload");
   if (rc) {
     cudaFree(p);
     return rc;
   }
   *dst = (weight_t){.data = p, .dtype = dt, .rows = src->rows, .cols = src->cols};
+  return 0;
+}
+
+/* Fused projections: the parts stacked in one allocation, so that one GEMV streams them all (STRATA_CUDA_FUSE=0
+ * turns this off: the forward pass then places the parts one by one). */
+static int cuda_weight_prepare_cat(backend_t *be, weight_t *dst, const weight_t *const *srcs, int n) {
+  cuda_ctx_t *c = ctx_of(be);
+  memset(dst, 0, sizeof *dst);
+  if (!c->fuse_on || n < 1) return STRATA_EUNSUPPORTED;
+  int vec = srcs[0]->rows == 1;
+  int64_t rows = 0, cols = 0;
+  for (int i = 0; i < n; i++) {
+    const weight_t *s = srcs[i];
+    if (!s->data || (vec && s->rows != 1) || (!vec && s->cols != srcs[0]->cols)) return STRATA_EUNSUPPORTED;
+    if (!weight_dtype_ok(s)) return STRATA_EUNSUPPORTED;
+    rows += s->rows;
+    cols += s->cols;
+  }
+  if (vec) rows = 1;
+  else cols = srcs[0]->cols;
+  dtype_t dt = vec ? DTYPE_F32 : be->act_dtype;
+  size_t esz = dtype_act_bytes(dt);
+  char *p = cuda_alloc(be, (size_t)(rows * cols) * esz);
+  if (!p) return STRATA_ENOMEM;
+  int rc = 0;
+  size_t off = 0;
+  for (int i = 0; i < n && !rc; i++) {
+    rc = upload_weight(be, p + off, dt, srcs[i]);
+    off += (size_t)(srcs[i]->rows * srcs[i]->cols) * esz;
+  }
+  if (!rc) rc = cu_ok(cudaStreamSynchronize(c->stream), "weight upload");
+  if (rc) {
+    cudaFree(p);
+    return rc;
+  }
+  *dst = (weight_t){.data = p, .dtype = dt, .rows = rows, .cols = cols};
   return 0;
 }
 
@@ -497,6 +545,21 @@ static void cuda_op_rope_kv_write(backend_t *be, void *q, void *k, const void *v
                               rope->inv_freq, ctx_of(be)->stream));
 }
 
+static void cuda_op_rope_qkv_write(backend_t *be, void *q_out, const void *qkv, int ld, const float *q_norm,
+                                   const float *k_norm, float eps, be_kv_t *kv, int layer, const be_batch_t *b,
+                                   const be_rope_t *rope, int n_heads, int n_kv_heads) {
+  if (replaying(be)) return;
+  cuda_kv_t ck = kv_of(kv);
+  if (n_kv_heads != kv->n_kv_heads || rope->head_dim != kv->head_dim || kv->dtype != be->act_dtype) {
+    log_error("cuda backend: rope_qkv_write with %d KV heads of %d for a cache of %d heads of %d", n_kv_heads,
+              rope->head_dim, kv->n_kv_heads, kv->head_dim);
+    note(be, STRATA_EINVAL);
+    return;
+  }
+  note(be, cuda_rope_qkv_write(q_out, qkv, ld, q_norm, k_norm, eps, &ck, layer, b->positions, b->slots, b->n_tokens,
+                               n_heads, rope->style, rope->inv_freq, ctx_of(be)->stream));
+}
+
 static void cuda_op_attention(backend_t *be, void *out, const void *q, const be_kv_t *kv, int layer,
                               const be_batch_t *b, int n_heads, int n_kv_heads, float scale) {
   if (replaying(be)) return;
@@ -513,6 +576,13 @@ static void cuda_op_attention(backend_t *be, void *out, const void *q, const be_
 static void cuda_op_silu_mul(backend_t *be, void *out, const void *gate, const void *up, int T, int F) {
   if (replaying(be)) return;
   note(be, cuda_silu_mul(out, gate, up, T, F, be->act_dtype, ctx_of(be)->stream));
+}
+
+static void cuda_op_silu_mul_cat(backend_t *be, void *out, const void *gu, int T, int F) {
+  if (replaying(be)) return;
+  const char *g = gu;
+  note(be, cuda_silu_mul_ld(out, g, g + (size_t)F * dtype_act_bytes(be->act_dtype), T, F, 2 * F, be->act_dtype,
+                            ctx_of(be)->stream));
 }
 
 static void cuda_op_gather_rows(backend_t *be, void *out, const void *x, const int32_t *rows, int n, int C) {
@@ -610,14 +680,17 @@ static const be_ops_t cuda_ops = {
     .mem_info = cuda_mem_info,
     .weight_prepare = cuda_weight_prepare,
     .weight_release = cuda_weight_release,
+    .weight_prepare_cat = cuda_weight_prepare_cat,
     .batch_upload = cuda_batch_upload,
     .embed = cuda_op_embed,
     .rmsnorm = cuda_op_rmsnorm,
     .add_rmsnorm = cuda_op_add_rmsnorm,
     .matmul = cuda_op_matmul,
     .rope_kv_write = cuda_op_rope_kv_write,
+    .rope_qkv_write = cuda_op_rope_qkv_write,
     .attention = cuda_op_attention,
     .silu_mul = cuda_op_silu_mul,
+    .silu_mul_cat = cuda_op_silu_mul_cat,
     .gather_rows = cuda_op_gather_rows,
     .to_host_f32 = cuda_to_host_f32,
     .argmax_rows = cuda_argmax_rows_op,
@@ -663,11 +736,16 @@ int backend_cuda_create(backend_t **out, int device, int act_dtype) {
    * to a power of two, so a step shape recurs and a capture is rare; see docs/gpu.md) */
   const char *ge = getenv("STRATA_CUDA_GRAPHS");
   c->graphs_on = !(ge && strcmp(ge, "0") == 0);
-  /* STRATA_CUDA_ATTENTION=v1 (the first kernel) or notc (no tensor-core prefill): for comparisons */
+  be->pad_decode = c->graphs_on;
+  /* STRATA_CUDA_ATTENTION=v1 (the first kernel), notc (no tensor-core prefill) or wmma (the WMMA prefill kernel
+   * instead of the flash-attention-2 one): for comparisons */
   const char *ae = getenv("STRATA_CUDA_ATTENTION");
   c->att.impl = CUDA_ATT_AUTO;
   if (ae && strcmp(ae, "v1") == 0) c->att.impl = CUDA_ATT_V1;
   if (ae && strcmp(ae, "notc") == 0) c->att.impl = CUDA_ATT_NO_TC;
+  if (ae && strcmp(ae, "wmma") == 0) c->att.impl = CUDA_ATT_WMMA;
+  const char *fe = getenv("STRATA_CUDA_FUSE");
+  c->fuse_on = !(fe && strcmp(fe, "0") == 0);
   const char *gm = getenv("STRATA_CUDA_GEMV_MAX_T");
   c->gemv_max_t = gm ? atoi(gm) : 2;
   if (c->gemv_max_t < 0 || c->gemv_max_t > CUDA_GEMV_MAX_T) c->gemv_max_t = 2;
