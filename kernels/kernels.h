@@ -78,7 +78,7 @@ int kern_matmul(float *out, const float *x, const void *w, dtype_t wtype, int N,
 /* Rotates q(T,H*D) and k(T,Hkv*D) in place by RoPE at POSITIONS(T): angle = position * inv_freq[i]
  * (in double), STYLE 0 rotates (x[2i], x[2i+1]), STYLE 1 (neox) rotates (x[i], x[i+D/2]); then
  * writes k and v(T,Hkv*D) to the cache at SLOTS(T) (block = slot / B, offset slot % B) for LAYER.
- * A token with a slot outside the cache is rotated but not written (logged). */
+ * A token with slot -1 is rotated but not written (a padding row); one past the cache likewise, logged. */
 void kern_rope_kv_write(float *q, float *k, const float *v, kern_kv_t *kv, int layer, const int32_t *positions,
                         const int32_t *slots, int T, int H, int style, const float *inv_freq, kern_pool_t *pool);
 
@@ -86,7 +86,8 @@ void kern_rope_kv_write(float *q, float *k, const float *v, kern_kv_t *kv, int l
  * v (Hkv*D), one after the other. Q_OUT(T,H*D) = RoPE(q) (packed; must not overlap QKV); k is rotated and
  * written with v to the cache at SLOTS; QKV is read only. Q_NORM / K_NORM (D) or NULL: each q / k head
  * goes through kern_rmsnorm (EPS) first, giving exactly what kern_rmsnorm then kern_rope_kv_write give.
- * A token with a slot outside the cache gets its q_out row but no cache write (logged). */
+ * A token with slot -1 gets its q_out row but no cache write (a padding row); one past the cache
+ * likewise, logged. */
 void kern_rope_qkv_write(float *q_out, const float *qkv, int ld, const float *q_norm, const float *k_norm, float eps,
                          kern_kv_t *kv, int layer, const int32_t *positions, const int32_t *slots, int T, int H,
                          int style, const float *inv_freq, kern_pool_t *pool);

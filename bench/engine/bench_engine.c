@@ -237,11 +237,11 @@ static int run_batch_case(engine_t *e, const model_t *m, const bench_args_t *a, 
   run_result_t res = {0};
   res.step_s = malloc(sizeof(double) * (size_t)(a->gen_len + 1) * (size_t)a->repeat);
   if (!res.step_s) return STRATA_ENOMEM;
-  /* warm-up: one short request, so that first-touch page faults and thread start stay out */
+  /* warm-up: the same batch with 8 new tokens, so that first-touch page faults, thread start and the
+   * capture of the decode step's CUDA graphs (one per padded batch size and block-table width, as a
+   * server captures them on its first requests) stay out of the measured run */
   bench_args_t w = *a;
-  w.batch = 1;
-  w.gen_len = 2;
-  w.prompt_len = a->prompt_len < 16 ? a->prompt_len : 16;
+  w.gen_len = 8;
   int rc = run_once(e, &w, 1u << 30, &res);
   double pre = 0, dec = 0, ttft = 0, n_dec_tokens = 0;
   int n_steps = 0;
@@ -273,15 +273,17 @@ static int run_batch_case(engine_t *e, const model_t *m, const bench_args_t *a, 
   return rc;
 }
 
-/* run_offline_case: a warm-up request, then N requests queued at once and stepped until all finish;
+/* run_offline_case: a warm-up batch, then N requests queued at once and stepped until all finish;
  * the engine keeps at most max_num_seqs of them running (continuous batching). */
 static int run_offline_case(engine_t *e, const model_t *m, const bench_args_t *a, double t_load) {
   const int V = m->cfg.vocab_size;
   int32_t *prompt = malloc(sizeof(int32_t) * (size_t)a->prompt_len);
   if (!prompt) return STRATA_ENOMEM;
+  /* warm-up: a full batch of 8 new tokens each (first-touch page faults, the decode step's CUDA graphs) */
   bench_args_t w = *a;
-  w.gen_len = 2;
-  int rc = add_requests(e, &w, 1, 1u << 30, prompt, V);
+  w.gen_len = 8;
+  const int n_warm = a->requests < engine_cfg(e)->max_num_seqs ? a->requests : engine_cfg(e)->max_num_seqs;
+  int rc = add_requests(e, &w, n_warm, 1u << 30, prompt, V);
   while (!rc && engine_has_work(e)) {
     const engine_out_t *outs;
     int n_outs;

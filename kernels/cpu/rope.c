@@ -52,7 +52,8 @@ static void rope_job(void *arg, int64_t t, kern_worker_t *wk) {
   rope_heads(r->q + (size_t)t * r->H * D, r->H, D, r->style, cs, sn);
   rope_heads(k, Hkv, D, r->style, cs, sn);
   int64_t slot = r->slots[t];
-  if (slot < 0 || slot >= (int64_t)kv->n_blocks * B) {
+  if (slot < 0) return; /* no cache write asked for (a padding row) */
+  if (slot >= (int64_t)kv->n_blocks * B) {
     atomic_fetch_add(&r->n_bad, 1);
     return;
   }
@@ -131,7 +132,8 @@ static void rope_qkv_job(void *arg, int64_t t, kern_worker_t *wk) {
   for (int h = 0; h < H; h++)
     head_norm_rope(r->q_out + ((size_t)t * H + h) * D, row + (size_t)h * D, r->q_norm, r->eps, D, r->style, cs, sn);
   int64_t slot = r->slots[t];
-  if (slot < 0 || slot >= (int64_t)kv->n_blocks * B) {
+  if (slot < 0) return; /* no cache write asked for (a padding row) */
+  if (slot >= (int64_t)kv->n_blocks * B) {
     atomic_fetch_add(&r->n_bad, 1);
     return;
   }

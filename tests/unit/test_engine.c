@@ -219,6 +219,32 @@ static void test_seeded_sampling_invariance(void **state) {
   check_invariance(&sp);
 }
 
+/* Decode steps padded with dummy sequences (as on a GPU, where each padded size is one CUDA graph): 11
+ * requests decode as a batch of 16 (the CPU backend's kernels are batch-invariant, so every request's
+ * greedy tokens must equal its tokens alone). */
+static void test_padded_decode(void **state) {
+  (void)state;
+  engine_cfg_t c;
+  cfg_for_test(&c);
+  sampling_params_t sp;
+  sampling_params_default(&sp);
+  sp.max_tokens = 40;
+  enum { N = 11 };
+  static gen_t alone[N], batch[N];
+  int which[N];
+  for (int i = 0; i < N; i++) {
+    which[i] = i;
+    run(g_gguf, &c, &i, 1, &sp, &alone[i], NULL);
+  }
+  setenv("STRATA_PAD_DECODE", "1", 1);
+  run(g_gguf, &c, which, N, &sp, batch, NULL);
+  unsetenv("STRATA_PAD_DECODE");
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(batch[i].n, alone[i].n);
+    assert_memory_equal(batch[i].ids, alone[i].ids, sizeof(int32_t) * (size_t)alone[i].n);
+  }
+}
+
 /* Aborting frees blocks at once; bad requests are refused with a message. */
 static void test_abort_and_errors(void **state) {
   (void)state;
@@ -345,6 +371,7 @@ int main(void) {
       cmocka_unit_test(test_reference_text),
       cmocka_unit_test(test_greedy_invariance),
       cmocka_unit_test(test_seeded_sampling_invariance),
+      cmocka_unit_test(test_padded_decode),
       cmocka_unit_test(test_abort_and_errors),
       cmocka_unit_test(test_migration_continues),
       cmocka_unit_test(test_dummy_model),

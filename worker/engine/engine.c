@@ -78,6 +78,9 @@ int engine_create(engine_t **out, const model_t *m, const engine_cfg_t *cfg) {
   if (e->max_model_len <= 0) e->max_model_len = 2048;
   int n_blocks = 0;
   int rc = backend_create(&e->be, c->device, c->n_threads, c->act_dtype);
+  /* STRATA_PAD_DECODE=0|1 overrides the backend's wish to pad decode steps (tests pad on the CPU too) */
+  const char *pad = getenv("STRATA_PAD_DECODE");
+  if (!rc && pad) e->be->pad_decode = atoi(pad) != 0;
   /* NOTE: the KV cache is sized after the weights and scratch are placed, from what they left free. */
   if (!rc) rc = fwd_init(&e->fwd, m, e->be, c->block_size, c->max_batched_tokens, c->max_num_seqs);
   if (!rc) rc = size_kv(e, &n_blocks);

@@ -40,6 +40,38 @@ void runner_deinit(runner_batch_t *rb) {
   memset(rb, 0, sizeof *rb);
 }
 
+/* decode_bucket: the batch size a decode-only step of S sequences is padded to (as vLLM's CUDA-graph
+ * capture sizes): few sizes, so a backend that captures one graph per step shape reuses a handful. */
+static int decode_bucket(int S) {
+  static const int sizes[] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256};
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+    if (S <= sizes[i]) return sizes[i];
+  return (S + 63) / 64 * 64;
+}
+
+/* pad_decode: appends dummy sequences to decode-only batch B (one token per sequence, each sampled) up to
+ * decode_bucket(S) when the backend asks for it: token 0 at position 0, no KV write (slot -1), a block
+ * table of null blocks, and a logit row whose token the caller ignores. */
+static void pad_decode(engine_t *e, be_batch_t *b) {
+  runner_batch_t *rb = &e->rb;
+  const int S = b->n_seqs, P = decode_bucket(S);
+  if (!e->be->pad_decode || b->n_tokens != S || b->n_logits != S || P == S || P > rb->max_seqs ||
+      P > rb->max_tokens || P > e->fwd.max_logits)
+    return;
+  for (int i = S; i < P; i++) {
+    rb->tokens[i] = 0;
+    rb->positions[i] = 0;
+    rb->slots[i] = -1;
+    rb->seq_of[i] = i;
+    rb->q_start[i] = i;
+    rb->kv_len[i] = 1;
+    memset(rb->block_table + (size_t)i * (size_t)b->max_blocks, 0, sizeof(int32_t) * (size_t)b->max_blocks);
+    rb->logit_rows[i] = i;
+  }
+  rb->q_start[P] = P;
+  b->n_tokens = b->n_seqs = b->n_logits = P;
+}
+
 /* build_batch: lays out step SO as ragged rows: item i's tokens [start, start+n) in order. */
 static void build_batch(engine_t *e, const sched_out_t *so, be_batch_t *b) {
   runner_batch_t *rb = &e->rb;
@@ -122,7 +154,7 @@ static int run_on_device(engine_t *e, const sched_out_t *so, const be_batch_t *b
   int rc;
   if (mode == RUN_SAMPLE) {
     /* NOTE: a step's rows are few (max_num_seqs at most); one small allocation per step is noise */
-    p = malloc(sizeof *p * (size_t)b->n_logits);
+    p = calloc((size_t)b->n_logits, sizeof *p); /* rows past the real ones (padding) stay greedy */
     if (!p) {
       log_error("runner: out of memory for %d sampling parameter sets", b->n_logits);
       return STRATA_ENOMEM;
@@ -160,7 +192,10 @@ int runner_execute(engine_t *e, const sched_out_t *so) {
   be_batch_t b;
   build_batch(e, so, &b);
   int mode = step_mode(e, so);
-  if (mode != RUN_HOST && b.n_logits > 0) return run_on_device(e, so, &b, mode);
+  if (mode != RUN_HOST && b.n_logits > 0) {
+    pad_decode(e, &b); /* only ids come back, so padded rows cost a little GPU time and no transfer */
+    return run_on_device(e, so, &b, mode);
+  }
   int rc = fwd_run(&e->fwd, &b);
   if (rc) {
     log_error("forward pass failed on %s: %s", e->be->device, strata_strerror(rc));
