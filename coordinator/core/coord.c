@@ -39,8 +39,9 @@ static const cfg_option_t g_options[] = {
             "Times one request may move to another worker after its worker broke"),
     CFG_INT("stall-timeout-ms", coord_conf_t, stall_timeout_ms, "15000", 0, 3600000, 0,
             "Move a request whose worker sent nothing for this long while not reporting busy (0: never)"),
-    CFG_INT("max-model-len", coord_conf_t, max_model_len, "2048", 16, 1 << 24, 0,
-            "Context length requests are checked against (workers check their own)"),
+    CFG_INT("max-model-len", coord_conf_t, max_model_len, "0", 0, 1 << 24, 0,
+            "Context length requests are checked against (0: the largest a registered worker of the model "
+            "accepts, 2048 until one registers; workers check their own)"),
     CFG_INT("max-n", coord_conf_t, max_n, "16", 1, COORD_MAX_CHOICES, 0, "Choices per request at most (n x prompts)"),
     CFG_INT("max-stops", coord_conf_t, max_stops, "8", 0, 64, 0, "Stop strings per request at most"),
     CFG_INT("max-stop-len", coord_conf_t, max_stop_len, "256", 1, 4096, 0, "Longest stop string in bytes"),
@@ -172,6 +173,17 @@ oom:
   log_error("coordinator: out of memory copying an etcd re-list; the worker table may be stale");
 }
 
+/* workers_max_model_len: the largest context a registered worker of the served model accepts (a request
+ * that fits none is refused up front), or COORD_DEFAULT_MODEL_LEN while none has reported one. */
+static int workers_max_model_len(coord_t *c) {
+  int best = 0;
+  for (int i = 0; i < registry_count(&c->reg); i++) {
+    const registry_worker_info_t *w = &registry_at(&c->reg, i)->info;
+    if (strcmp(w->model, c->model_name) == 0 && w->max_model_len > best) best = w->max_model_len;
+  }
+  return best ? best : COORD_DEFAULT_MODEL_LEN;
+}
+
 static void apply_watch(coord_t *c, coord_msg_t *m) {
   if (m->kind == CM_WATCH_PUT) {
     if (registry_put(&c->reg, m->key, m->value, m->value_len) == 0) log_info("coordinator: worker %s registered", m->key);
@@ -188,6 +200,8 @@ static void apply_watch(coord_t *c, coord_msg_t *m) {
     free(e);
   }
   coord_workers_sync(c);
+  /* NOTE: the gRPC thread parses requests against ctx too: one aligned int, stored atomically */
+  if (!c->conf->max_model_len) __atomic_store_n(&c->ctx.max_model_len, workers_max_model_len(c), __ATOMIC_RELAXED);
 }
 
 static void on_wake(struct ev_loop *loop, ev_async *w, int revents) {
@@ -312,7 +326,8 @@ static int load_tokenizer(coord_t *c) {
   if (cf->served_model_name) snprintf(c->model_name, sizeof c->model_name, "%s", cf->served_model_name);
   else snprintf(c->model_name, sizeof c->model_name, "%.*s", (int)(n - start), p + start);
   c->ctx = (api_ctx_t){.tok = c->tok, .chat = c->chat, .model_name = c->model_name,
-                       .max_model_len = cf->max_model_len, .max_n = cf->max_n, .max_stops = cf->max_stops,
+                       .max_model_len = cf->max_model_len ? cf->max_model_len : COORD_DEFAULT_MODEL_LEN,
+                       .max_n = cf->max_n, .max_stops = cf->max_stops,
                        .max_stop_len = cf->max_stop_len};
   return 0;
 }

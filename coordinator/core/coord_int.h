@@ -32,6 +32,7 @@
 #define COORD_KEEPALIVE_TIMEOUT_MS 2500 /* about KEEPALIVE + KEEPALIVE_TIMEOUT */
 #define COORD_STALL_CHECK_MS 250
 #define COORD_MAX_POOLS 4
+#define COORD_DEFAULT_MODEL_LEN 2048 /* until a worker reports its context length */
 #define COORD_LAT_WINDOW 512    /* latency samples kept per pool for the autoscaler's p90 */
 
 typedef struct coord coord_t;

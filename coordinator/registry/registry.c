@@ -144,6 +144,10 @@ int registry_parse_worker(const char *json, size_t len, const char *context, reg
     log_error("registry: worker registration %s: id \"%s\" contains '/'; worker ignored", ctx, out->id);
     goto fail;
   }
+  out->max_model_len = 0; /* optional: workers before this field did not send it */
+  if (cJSON_GetObjectItemCaseSensitive(root, "max_model_len") &&
+      json_int(root, "max_model_len", 1, 1 << 30, &out->max_model_len, ctx) < 0)
+    goto fail;
   rc = 0;
 fail:
   cJSON_Delete(root);

@@ -32,6 +32,7 @@ typedef struct {
   int tp, pp;
   int block_size; /* tokens per KV block */
   int kv_blocks;  /* KV blocks the worker allocated */
+  int max_model_len; /* prompt + output tokens it accepts (0: not reported, an older worker) */
 } registry_worker_info_t;
 
 typedef enum {

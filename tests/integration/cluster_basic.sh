@@ -14,7 +14,7 @@ D=$TMP/cluster
 trap '"$STRATA" cluster down --dir "$D" >/dev/null 2>&1; rm -rf "$TMP"' EXIT
 fail() { echo "cluster_basic: FAIL: $*"; for f in "$D"/*.log; do echo "== $f"; tail -n 20 "$f"; done; exit 1; }
 
-"$STRATA" cluster up --workers 2 --model "$STORIES" --dir "$D" --worker-args "--threads 1 --num-kv-blocks 512" \
+"$STRATA" cluster up --workers 2 --model "$STORIES" --dir "$D" --worker-args "--threads 1 --num-kv-blocks 512 --max-model-len 1024" \
   >"$TMP/up.out" 2>&1 || { cat "$TMP/up.out"; fail "cluster up"; }
 URL=http://$(cat "$D/coordinator.http")
 export STRATA_CLUSTER_DIR=$D
@@ -29,6 +29,12 @@ WANT=$("$STRATA" generate --model "$STORIES" --prompt "Once upon a time" --max-t
 GOT=$(curl -s "$URL/v1/completions" -d "{\"model\":\"$NAME\",\"prompt\":\"Once upon a time\",\"max_tokens\":40,\"temperature\":0}" |
   json_field '["choices"][0]["text"]')
 [ "$GOT" == "$WANT" ] || fail "completions: got '$GOT', want '$WANT'"
+# the coordinator checks requests against the context length its workers registered (--max-model-len 1024)
+ML=$(curl -s "$URL/v1/models" | json_field '["data"][0]["max_model_len"]')
+[ "$ML" == "1024" ] || fail "/v1/models max_model_len '$ML', want the workers' 1024"
+CODE=$(curl -s -o /dev/null -w '%{http_code}' "$URL/v1/completions" \
+  -d "{\"model\":\"$NAME\",\"prompt\":\"Once upon a time\",\"max_tokens\":1100}")
+[ "$CODE" == "400" ] || fail "a request past the workers' context length got HTTP $CODE, want 400"
 CHAT_PROMPT=$'<|im_start|>user\nTell me a story<|im_end|>\n<|im_start|>assistant\n' # the ChatML fallback
 WANT=$("$STRATA" generate --model "$STORIES" --prompt "$CHAT_PROMPT" --max-tokens 30 --temperature 0 2>/dev/null)
 GOT=$(curl -s "$URL/v1/chat/completions" \

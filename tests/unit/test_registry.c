@@ -64,6 +64,16 @@ static void test_parse_good(void **state) {
                        "\"tp\":1,\"pp\":1,\"block_size\":16,\"kv_blocks\":8,\"version\":\"v\"}";
   assert_int_equal(registry_parse_worker(no_ucx, strlen(no_ucx), NULL, &info), 0);
   assert_string_equal(info.ucx_address, "");
+  assert_int_equal(info.max_model_len, 0); /* not reported (an older worker) */
+
+  /* The context length a worker accepts is optional, and checked when given. */
+  const char *with_len = "{\"id\":\"a\",\"pool\":\"unified\",\"role\":\"r\",\"model\":\"m\",\"grpc_address\":\"h:1\","
+                         "\"tp\":1,\"pp\":1,\"block_size\":16,\"kv_blocks\":8,\"version\":\"v\",\"max_model_len\":8192}";
+  assert_int_equal(registry_parse_worker(with_len, strlen(with_len), NULL, &info), 0);
+  assert_int_equal(info.max_model_len, 8192);
+  const char *bad_len = "{\"id\":\"a\",\"pool\":\"unified\",\"role\":\"r\",\"model\":\"m\",\"grpc_address\":\"h:1\","
+                        "\"tp\":1,\"pp\":1,\"block_size\":16,\"kv_blocks\":8,\"version\":\"v\",\"max_model_len\":-3}";
+  assert_int_equal(registry_parse_worker(bad_len, strlen(bad_len), NULL, &info), STRATA_EFORMAT);
 
   /* LEN bounds the input: the text need not be NUL-terminated. */
   char copy[1100];

@@ -90,7 +90,8 @@ char *worker_node_reg_json(const worker_node_reg_t *reg) {
       cJSON_AddStringToObject(o, "grpc_address", reg->grpc_address) &&
       cJSON_AddStringToObject(o, "version", reg->version) && cJSON_AddNumberToObject(o, "tp", reg->tp) &&
       cJSON_AddNumberToObject(o, "pp", reg->pp) && cJSON_AddNumberToObject(o, "block_size", reg->block_size) &&
-      cJSON_AddNumberToObject(o, "kv_blocks", reg->kv_blocks))
+      cJSON_AddNumberToObject(o, "kv_blocks", reg->kv_blocks) &&
+      cJSON_AddNumberToObject(o, "max_model_len", reg->max_model_len))
     out = cJSON_PrintUnformatted(o);
   cJSON_Delete(o);
   return out;
@@ -231,7 +232,8 @@ static int make_identity(worker_node_t *n) {
 static int start_etcd(worker_node_t *n, pthread_t *th) {
   worker_node_reg_t reg = {.id = n->id, .model = n->model_name, .grpc_address = n->grpc_address,
                            .version = STRATA_VERSION, .pool = (worker_pool_t)n->conf->pool, .tp = 1, .pp = 1,
-                           .block_size = n->conf->block_size, .kv_blocks = n->kv_blocks};
+                           .block_size = n->conf->block_size, .kv_blocks = n->kv_blocks,
+                           .max_model_len = n->max_model_len};
   if (!(n->reg_json = worker_node_reg_json(&reg))) return STRATA_ENOMEM;
   /* No on_session: a lapsed lease changes nothing here. The client re-puts the key by itself. */
   etcd_config_t ec = {.endpoints = n->conf->etcd, .timeout_ms = 2000, .session_ttl_s = n->conf->lease_ttl_s};

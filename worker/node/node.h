@@ -48,6 +48,7 @@ typedef struct {
   const char *id, *model, *grpc_address, *version;
   worker_pool_t pool;
   int tp, pp, block_size, kv_blocks;
+  int max_model_len; /* prompt + output tokens the worker accepts */
 } worker_node_reg_t;
 
 /* worker_node_reg_json: REG as the JSON object the coordinator's registry parses (malloc'd,
