@@ -267,14 +267,193 @@ extern "C" int cuda_gemv_impl(int impl, void *out, const void *x, const void *w,
   return launched("gemv");
 }
 
+// gemv_pick: the version that measured fastest for the shape (tests/gpu/gemv_bench, H100, bf16, T 1 and 2,
+// 2026-11-25): long rows (K >= 12288, the 4096 x 14336 down projection) stream best with 8 loads in flight
+// (44.1 us at T 1 with a plain launch, 48.5 at T 2 with the dependent one, against 52.9 / 58.9 for 16 loads);
+// tall matrices (N >= 4K: the fused gate|up, the LM head) and short ones (N <= K/2, e.g. 1024 x 4096) with 16
+// loads and the dependent launch; the rest (q|k|v 6144 x 4096, o 4096 x 4096: 13.2 us against 15.4) with 8
+// loads and the dependent launch. All versions give the same bits, so the choice never changes a result.
+static int gemv_pick(int N, int K, int T_) {
+  if (K >= 12288) return T_ == 1 ? 0 : 3;
+  if ((int64_t)N >= 4 * (int64_t)K || 2 * (int64_t)N <= K) return 1;
+  return 3;
+}
+
 extern "C" int cuda_gemv(void *out, const void *x, const void *w, int N, int K, const float *bias, int T_,
                          dtype_t act, cudaStream_t stream) {
-  static int impl = -1;
-  if (impl < 0) {
+  static int mode = -2;  // -1: per shape (gemv_pick), else one version for every shape
+  if (mode == -2) {
     const char *e = getenv("STRATA_CUDA_GEMV");
-    impl = e && strcmp(e, "v1") == 0 ? 3 : 1;  // STRATA_CUDA_PDL=0 then leaves out the dependent launch
+    mode = e && strcmp(e, "v1") == 0 ? 3 : e && strcmp(e, "v2") == 0 ? 1 : -1;
   }
-  return cuda_gemv_impl(impl, out, x, w, N, K, bias, T_, act, stream);
+  return cuda_gemv_impl(mode >= 0 ? mode : gemv_pick(N, K, T_), out, x, w, N, K, bias, T_, act, stream);
+}
+
+// ---- down projection with SwiGLU folded in (T <= 2): out(T,N) = (silu(gu[:, :F]) * gu[:, F:]) @ w(N,F)^T.
+// Block of SWG_WARPS warps owns SWG_ROWS consecutive rows (each warp SWG_ROWS / SWG_WARPS of them, one after
+// the other). It issues its first weight loads, waits for the previous kernel (dependent launch), then
+// computes the F-vector silu(gate) * up once into shared memory, rounded to T exactly as silu_mul_cat stores
+// it (same expression), and streams its rows against it like the GEMV (16-byte loads, U in flight per lane,
+// each lane's slice of K summed in the same order as gemv_kernel, then a warp sum). So the result has the
+// same bits as silu_mul_cat followed by cuda_gemv, and the intermediate never touches device memory. ----
+
+#define SWG_WARPS 8
+#define SWG_ROWS 16
+
+template <typename T, int NT, int U>
+__global__ void __launch_bounds__(SWG_WARPS * 32)
+    gemv_swiglu_kernel(T *out, const T *gu, const T *w, int N, int F, int fp, int kv) {
+  extern __shared__ uint4 swg_smem[];  // (NT, FP) elements of T, rows 16-byte aligned
+  T *xs = (T *)swg_smem;
+  constexpr int E = 16 / sizeof(T);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;  // KV: F, or 0 when rows are not 16-byte aligned
+  int n = blockIdx.x * SWG_ROWS + warp;
+  pdl_trigger();
+  uint4 wv[U];
+  const T *wr = w + (size_t)(n < N ? n : 0) * F;
+#pragma unroll
+  for (int u = 0; u < U; u++) {  // the first loads of W: independent of the previous kernel
+    int k = lane * E + u * 32 * E;
+    wv[u] = k < kv && n < N ? __ldcs((const uint4 *)(wr + k)) : make_uint4(0, 0, 0, 0);
+  }
+  pdl_wait();
+  for (int t = 0; t < NT; t++) {
+    const T *g = gu + (size_t)t * 2 * F, *up = g + F;
+    T *xt = xs + (size_t)t * fp;
+    if (kv) {
+      for (int k = threadIdx.x * E; k < F; k += blockDim.x * E) {
+        uint4 gv = *(const uint4 *)(g + k), uv = *(const uint4 *)(up + k), ov;
+        const T *ge = (const T *)&gv, *ue = (const T *)&uv;
+        T *oe = (T *)&ov;
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+          float a = ld(&ge[e]);
+          st(&oe[e], a / (1.0f + expf(-a)) * ld(&ue[e]));
+        }
+        *(uint4 *)(xt + k) = ov;
+      }
+    } else {
+      for (int k = threadIdx.x; k < F; k += blockDim.x) {
+        float a = ld(&g[k]);
+        st(&xt[k], a / (1.0f + expf(-a)) * ld(&up[k]));
+      }
+    }
+  }
+  __syncthreads();
+  for (int r = 0; r < SWG_ROWS / SWG_WARPS; r++, n += SWG_WARPS) {
+    if (n >= N) return;  // no barrier below
+    if (r > 0) {
+      wr = w + (size_t)n * F;
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+        int k = lane * E + u * 32 * E;
+        wv[u] = k < kv ? __ldcs((const uint4 *)(wr + k)) : make_uint4(0, 0, 0, 0);
+      }
+    }
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    for (int k0 = lane * E; k0 < kv;) {
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+        int k = k0 + u * 32 * E;
+        if (k >= kv) break;
+        const T *we = (const T *)&wv[u];
+        float wf[E];
+#pragma unroll
+        for (int e = 0; e < E; e++) wf[e] = ld(&we[e]);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+          uint4 xv = *(const uint4 *)(xs + (size_t)t * fp + k);
+          const T *xe = (const T *)&xv;
+#pragma unroll
+          for (int e = 0; e < E; e++) acc[t] += wf[e] * ld(&xe[e]);
+        }
+      }
+      k0 += 32 * E * U;
+      if (k0 >= kv) break;
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+        int k = k0 + u * 32 * E;
+        wv[u] = k < kv ? __ldcs((const uint4 *)(wr + k)) : make_uint4(0, 0, 0, 0);
+      }
+    }
+    for (int k = kv + lane; k < F; k += 32) {  // F not a multiple of E: scalar path
+      float wf = ld(&wr[k]);
+#pragma unroll
+      for (int t = 0; t < NT; t++) acc[t] += wf * ld(&xs[(size_t)t * fp + k]);
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+      float s = warp_sum(acc[t]);
+      if (lane == 0) st(&out[(size_t)t * N + n], s);
+    }
+  }
+}
+
+template <typename T, int NT, int U>
+static cudaError_t swiglu_go(T *out, const T *gu, const T *w, int N, int F, int fp, size_t smem, int pdl,
+                             cudaStream_t s) {
+  const int kv = F % (int)(16 / sizeof(T)) == 0 && ((uintptr_t)gu | (uintptr_t)w) % 16 == 0 ? F : 0;
+  cudaError_t e = cudaSuccess;
+  if (smem > 48 * 1024 &&
+      (e = cudaFuncSetAttribute(gemv_swiglu_kernel<T, NT, U>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                (int)smem)) != cudaSuccess)
+    return e;
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute at[1];
+  cfg.gridDim = dim3((unsigned)((N + SWG_ROWS - 1) / SWG_ROWS));
+  cfg.blockDim = dim3(SWG_WARPS * 32);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  if (pdl) {
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+  }
+  return cudaLaunchKernelEx(&cfg, gemv_swiglu_kernel<T, NT, U>, out, gu, w, N, F, fp, kv);
+}
+
+// swiglu_smem_max: the shared memory one block may use on the current device (opt-in limit), read once
+static size_t swiglu_smem_max(void) {
+  static long long m = -1;
+  if (m < 0) {
+    int dev = 0, v = 0;
+    m = cudaGetDevice(&dev) == cudaSuccess &&
+                cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess
+            ? v
+            : 48 * 1024;
+    cudaGetLastError();
+  }
+  return (size_t)m;
+}
+
+extern "C" int cuda_gemv_swiglu_impl(int pdl, void *out, const void *gu, const void *w, int N, int F, int T_,
+                                     dtype_t act, cudaStream_t stream) {
+  if (T_ < 1 || T_ > CUDA_SWIGLU_MAX_T || N < 1 || F < 1) return STRATA_EUNSUPPORTED;
+  const size_t es = act == DTYPE_F32 ? 4 : act == DTYPE_BF16 || act == DTYPE_F16 ? 2 : 0;
+  if (!es) return STRATA_EUNSUPPORTED;
+  const int e16 = (int)(16 / es), fp = (F + e16 - 1) / e16 * e16;
+  const size_t smem = (size_t)T_ * fp * es;
+  if (smem > swiglu_smem_max()) return STRATA_EUNSUPPORTED;
+  pdl = pdl && pdl_ok();
+  cudaError_t e = cudaSuccess;
+  DISPATCH_ACT(act, e = T_ == 1 ? swiglu_go<T, 1, 16>((T *)out, (const T *)gu, (const T *)w, N, F, fp, smem, pdl,
+                                                      stream)
+                                : swiglu_go<T, 2, 16>((T *)out, (const T *)gu, (const T *)w, N, F, fp, smem, pdl,
+                                                      stream));
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    log_error("cuda gemv_swiglu: launch failed (T %d, N %d, F %d): %s", T_, N, F, cudaGetErrorString(e));
+    return STRATA_EIO;
+  }
+  return launched("gemv_swiglu");
+}
+
+extern "C" int cuda_gemv_swiglu(void *out, const void *gu, const void *w, int N, int F, int T_, dtype_t act,
+                                cudaStream_t stream) {
+  return cuda_gemv_swiglu_impl(1, out, gu, w, N, F, T_, act, stream);
 }
 
 template <typename T> __global__ void bias_kernel(T *out, const float *bias, int64_t n, int N) {

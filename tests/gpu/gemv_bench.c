@@ -1,9 +1,14 @@
 /* gemv_bench.c: our GEMV (cuda_gemv_impl) at the batch-1 decode shapes of Llama-3-8B in bf16, T = 1 and 2:
  * microseconds per call and GB/s of weights read, for each version (v1 the first kernel's 8 loads in flight,
- * v2 the default's 16, each with and without programmatic dependent launch; v2+pdl is the default). Each case rotates over enough copies of the
- * matrix to exceed the L2 cache (>= 256 MiB), captures at least 16 launches as one CUDA graph (as a decode
- * step runs them) and times 7 replays with events; the median replay over its launches is printed. Every
- * version's output is checked against a double-precision host reference on 64 rows. Random data, no zeros. */
+ * v2 16, each with and without programmatic dependent launch; "auto" is cuda_gemv, which picks one per
+ * shape). Then the down projection 4096 x 14336 from a fused gate|up row: silu_mul_ld + cuda_gemv (two
+ * launches) against cuda_gemv_swiglu (one, SwiGLU folded in) with and without the dependent launch. Each case
+ * rotates over enough copies of the matrix to exceed the L2 cache (>= 256 MiB), captures at least 16 calls
+ * as one CUDA graph (as a decode step runs them) and times 7 replays with events; the median replay over its
+ * calls is printed. Every output is checked against a double-precision host reference on 64 rows. Last,
+ * the prefill GEMMs (cuBLASLt through the backend's matmul, T = 2048 and 512) with the first heuristic
+ * (STRATA_CUDA_GEMM_TUNE=0) and with the timed choice of up to 8 candidates: microseconds (host clock over
+ * 20 calls after 3 untimed ones, the first of which tunes) and TFLOP/s. Random data, no zeros. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,8 +16,11 @@
 
 #include <cuda_runtime_api.h>
 
+#include <time.h>
+
 #include "common/dtype.h"
 #include "kernels/kernels_cuda.h"
+#include "worker/backend/backend.h"
 
 #define CK(call)                                                                        \
   do {                                                                                  \
@@ -59,6 +67,76 @@ static double check_rows(const uint16_t *w, const uint16_t *x, const uint16_t *o
   return worst;
 }
 
+/* one call of version IMPL (4: cuda_gemv's own choice; 5: silu_mul_ld + cuda_gemv from a gate|up row X of
+ * (T, 2K); 6, 7: cuda_gemv_swiglu with and without the dependent launch; H: the (T, K) scratch of 5) */
+static int call(int impl, void *out, const void *x, void *h, const void *w, int N, int K, int T, cudaStream_t st) {
+  switch (impl) {
+    case 4: return cuda_gemv(out, x, w, N, K, NULL, T, DTYPE_BF16, st);
+    case 5: {
+      int rc = cuda_silu_mul_ld(h, x, (const char *)x + (size_t)K * 2, T, K, 2 * K, DTYPE_BF16, st);
+      return rc ? rc : cuda_gemv(out, h, w, N, K, NULL, T, DTYPE_BF16, st);
+    }
+    case 6: return cuda_gemv_swiglu_impl(1, out, x, w, N, K, T, DTYPE_BF16, st);
+    case 7: return cuda_gemv_swiglu_impl(0, out, x, w, N, K, T, DTYPE_BF16, st);
+    default: return cuda_gemv_impl(impl, out, x, w, N, K, NULL, T, DTYPE_BF16, st);
+  }
+}
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* bench_gemm: the prefill GEMMs through the backend's matmul, without and with the tuning of cuBLASLt plans */
+static void bench_gemm(void) {
+  const int shapes[][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}};
+  const int Ts[] = {2048, 512};
+  double us[2][4][2];
+  for (int tune = 0; tune < 2; tune++) {
+    backend_t *be = NULL;
+    setenv("STRATA_CUDA_GEMM_TUNE", tune ? "1" : "0", 1);
+    if (backend_create(&be, "cuda", 0, DTYPE_BF16) != 0) return;
+    uint16_t *xh = rand_bf16((size_t)2048 * 14336, 1.0f);
+    void *x = be->ops->alloc(be, (size_t)2048 * 14336 * 2), *out = be->ops->alloc(be, (size_t)2048 * 28672 * 2);
+    be->ops->upload(be, x, xh, (size_t)2048 * 14336 * 2);
+    free(xh);
+    for (int si = 0; si < 4; si++) {
+      const int N = shapes[si][0], K = shapes[si][1];
+      uint16_t *wh = rand_bf16((size_t)N * K, 0.05f);
+      weight_t w = {.data = be->ops->alloc(be, (size_t)N * K * 2), .dtype = DTYPE_BF16, .rows = N, .cols = K};
+      be->ops->upload(be, (void *)w.data, wh, (size_t)N * K * 2);
+      free(wh);
+      for (int ti = 0; ti < 2; ti++) {
+        for (int r = 0; r < 3; r++) be->ops->matmul(be, out, x, &w, NULL, Ts[ti]);
+        be->ops->sync(be);
+        double t0 = now();
+        for (int r = 0; r < 20; r++) be->ops->matmul(be, out, x, &w, NULL, Ts[ti]);
+        if (be->ops->sync(be) != 0) fprintf(stderr, "gemv_bench: matmul failed\n");
+        us[tune][si][ti] = (now() - t0) / 20 * 1e6;
+      }
+      be->ops->free(be, (void *)w.data);
+    }
+    be->ops->free(be, x);
+    be->ops->free(be, out);
+    backend_destroy(be);
+  }
+  unsetenv("STRATA_CUDA_GEMM_TUNE");
+  printf("%-16s %5s %12s %12s %9s %9s\n", "GEMM N x K", "T", "heur. us", "tuned us", "heur. TF", "tuned TF");
+  double sum[2] = {0, 0};
+  for (int ti = 0; ti < 2; ti++)
+    for (int si = 0; si < 4; si++) {
+      double fl = 2.0 * shapes[si][0] * shapes[si][1] * Ts[ti];
+      char shape[32];
+      snprintf(shape, sizeof shape, "%d x %d", shapes[si][0], shapes[si][1]);
+      printf("%-16s %5d %12.1f %12.1f %9.1f %9.1f\n", shape, Ts[ti], us[0][si][ti], us[1][si][ti],
+             fl / us[0][si][ti] * 1e-6, fl / us[1][si][ti] * 1e-6);
+      if (ti == 0) sum[0] += us[0][si][ti], sum[1] += us[1][si][ti];
+    }
+  printf("GEMM one Llama-3-8B layer at T 2048: heuristic %.1f us, tuned %.1f us (x32 layers: %.1f / %.1f ms)\n",
+         sum[0], sum[1], sum[0] * 32e-3, sum[1] * 32e-3);
+}
+
 int main(void) {
   if (cuda_device_count() <= 0) {
     fprintf(stderr, "gemv_bench: no CUDA device\n");
@@ -67,46 +145,59 @@ int main(void) {
   struct cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   printf("gemv_bench: %s, %d SMs, L2 %d MiB, bf16\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
-  const int shapes[][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}, {128256, 4096}, {1024, 4096}};
-  const char *names[] = {"v1", "v2+pdl", "v2", "v1+pdl"};
+  /* the last shape: the down projection again, from a gate|up row (versions 5..7) */
+  const int shapes[][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}, {128256, 4096}, {1024, 4096},
+                           {4096, 14336}};
+  const int n_shapes = sizeof shapes / sizeof shapes[0];
+  const char *names[] = {"v1", "v2+pdl", "v2", "v1+pdl", "auto", "silu+gemv", "swiglu+pdl", "swiglu"};
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
   int bad = 0;
-  printf("%-16s %2s %-7s %9s %9s %10s\n", "N x K", "T", "version", "us", "GB/s", "max rel err");
-  for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
-    const int N = shapes[si][0], K = shapes[si][1];
+  printf("%-16s %2s %-10s %9s %9s %10s\n", "N x K", "T", "version", "us", "GB/s", "max rel err");
+  for (int si = 0; si < n_shapes; si++) {
+    const int N = shapes[si][0], K = shapes[si][1], sw = si == n_shapes - 1;
     const size_t wbytes = (size_t)N * K * 2;
     int copies = (int)(((size_t)256 << 20) / wbytes) + 1;
     int launches = copies < 16 ? 16 : copies;
-    uint16_t *wh = rand_bf16((size_t)N * K, 0.05f), *xh = rand_bf16((size_t)2 * K, 1.0f);
-    uint16_t *oh = malloc((size_t)2 * N * 2);
+    /* sw: X is a gate|up row (T, 2K); the reference input HH = bf16(silu(gate) * up), as the GPU rounds it */
+    uint16_t *wh = rand_bf16((size_t)N * K, 0.05f), *xh = rand_bf16((size_t)2 * 2 * K, sw ? 4.0f : 1.0f);
+    uint16_t *oh = malloc((size_t)2 * N * 2), *hh = xh;
+    if (sw) {
+      hh = malloc((size_t)2 * K * 2);
+      for (int t = 0; t < 2; t++)
+        for (int k = 0; k < K; k++) {
+          float g = bf16_to_f32(xh[(size_t)t * 2 * K + k]), u = bf16_to_f32(xh[(size_t)t * 2 * K + K + k]);
+          hh[(size_t)t * K + k] = f32_to_bf16(g / (1.0f + expf(-g)) * u);
+        }
+    }
     void **wd = calloc((size_t)copies, sizeof *wd);
-    void *xd, *od;
+    void *xd, *od, *hd;
     for (int c = 0; c < copies; c++) {
       CK(cudaMalloc(&wd[c], wbytes));
       CK(cudaMemcpy(wd[c], wh, wbytes, cudaMemcpyHostToDevice));
     }
-    CK(cudaMalloc(&xd, (size_t)2 * K * 2));
+    CK(cudaMalloc(&xd, (size_t)2 * 2 * K * 2));
+    CK(cudaMalloc(&hd, (size_t)2 * K * 2));
     CK(cudaMalloc(&od, (size_t)2 * N * 2));
-    CK(cudaMemcpy(xd, xh, (size_t)2 * K * 2, cudaMemcpyHostToDevice));
+    /* plain shapes read X as (T, K) rows: pack them so */
+    CK(cudaMemcpy(xd, xh, (size_t)2 * 2 * K * 2, cudaMemcpyHostToDevice));
     for (int T = 1; T <= 2; T++) {
-      for (int impl = 0; impl < 4; impl++) {
+      for (int impl = sw ? 5 : 0; impl < (sw ? 8 : 5); impl++) {
         CK(cudaMemset(od, 0xff, (size_t)2 * N * 2)); /* poison: NaN in bf16 */
-        if (cuda_gemv_impl(impl, od, xd, wd[0], N, K, NULL, T, DTYPE_BF16, st) != 0) return 1;
+        if (call(impl, od, xd, hd, wd[0], N, K, T, st) != 0) return 1;
         CK(cudaStreamSynchronize(st));
         CK(cudaMemcpy(oh, od, (size_t)T * N * 2, cudaMemcpyDeviceToHost));
-        double err = check_rows(wh, xh, oh, N, K, T);
+        double err = check_rows(wh, hh, oh, N, K, T);
         int nan = 0;
         for (size_t i = 0; i < (size_t)T * N; i++) nan |= isnan(bf16_to_f32(oh[i]));
         if (err > 1e-2 || nan) bad++;
         cudaGraph_t g = NULL;
         cudaGraphExec_t ge = NULL;
         int graph = cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
-        for (int l = 0; graph && l < launches; l++)
-          cuda_gemv_impl(impl, od, xd, wd[l % copies], N, K, NULL, T, DTYPE_BF16, st);
+        for (int l = 0; graph && l < launches; l++) call(impl, od, xd, hd, wd[l % copies], N, K, T, st);
         if (graph) graph = cudaStreamEndCapture(st, &g) == cudaSuccess && cudaGraphInstantiate(&ge, g, 0) == cudaSuccess;
         if (!graph) { /* time eager launches instead (noted in the line) */
           fprintf(stderr, "gemv_bench: no graph for version %s: %s\n", names[impl], cudaGetErrorString(cudaGetLastError()));
@@ -118,8 +209,7 @@ int main(void) {
           if (graph)
             CK(cudaGraphLaunch(ge, st));
           else
-            for (int l = 0; l < launches; l++)
-              cuda_gemv_impl(impl, od, xd, wd[l % copies], N, K, NULL, T, DTYPE_BF16, st);
+            for (int l = 0; l < launches; l++) call(impl, od, xd, hd, wd[l % copies], N, K, T, st);
           CK(cudaEventRecord(e1, st));
           CK(cudaEventSynchronize(e1));
           if (r >= 0) CK(cudaEventElapsedTime(&ms[r], e0, e1));
@@ -128,7 +218,7 @@ int main(void) {
         double us = ms[3] * 1e3 / launches;
         char shape[32];
         snprintf(shape, sizeof shape, "%d x %d", N, K);
-        printf("%-16s %2d %-7s %9.2f %9.0f %10.1e%s%s\n", shape, T, names[impl], us, wbytes / us * 1e-3, err,
+        printf("%-16s %2d %-10s %9.2f %9.0f %10.1e%s%s\n", shape, T, names[impl], us, wbytes / us * 1e-3, err,
                nan ? " NaN/unwritten" : "", graph ? "" : " (eager)");
         if (ge) cudaGraphExecDestroy(ge);
         if (g) cudaGraphDestroy(g);
@@ -136,9 +226,12 @@ int main(void) {
     }
     for (int c = 0; c < copies; c++) cudaFree(wd[c]);
     cudaFree(xd);
+    cudaFree(hd);
     cudaFree(od);
+    if (hh != xh) free(hh);
     free(wd), free(wh), free(xh), free(oh);
   }
+  bench_gemm();
   printf("gemv_bench: %s\n", bad ? "WRONG results (see max rel err)" : "all results within 1e-2 of the reference");
   return bad ? 1 : 0;
 }

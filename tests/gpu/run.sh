@@ -127,10 +127,10 @@ for line in sys.stdin:
 bench_offline() {
   local B="$BUILD/bench/strata-bench" log=$OUT/bench_cases.jsonl
   timeout 400 "$B" engine --case offline --device cuda --model dummy:llama3-8b --requests 1024 --prompt-len 128 \
-    --gen-len 128 --max-num-seqs "${MAX_NUM_SEQS:-256}" 2>>"$OUT/bench.err" | tee -a "$log" | summarize_case |
+    --gen-len 128 --max-num-seqs "${MAX_NUM_SEQS:-256}" ${OFFLINE_ARGS:-} 2>>"$OUT/bench.err" | tee -a "$log" | summarize_case |
     tee -a "$SUMMARY"
   timeout 400 "$B" engine --case offline --device cuda --model dummy:llama3-8b --requests 1024 --prompt-len 128 \
-    --gen-len 128 --max-num-seqs "${MAX_NUM_SEQS:-256}" --temperature 0.8 --top-p 0.95 2>>"$OUT/bench.err" |
+    --gen-len 128 --max-num-seqs "${MAX_NUM_SEQS:-256}" ${OFFLINE_ARGS:-} --temperature 0.8 --top-p 0.95 2>>"$OUT/bench.err" |
     tee -a "$log" | summarize_case | tee -a "$SUMMARY"
 }
 

@@ -324,6 +324,9 @@ static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int mode, const be_sampl
     /* SwiGLU FFN: xo = W_down (silu(W_gate xb) * W_up xb) */
     if (fu->wgu.data) {
       op->matmul(be, f->gu, f->xb, &fu->wgu, NULL, T);
+      /* at decode the backend may fold silu_mul into the down projection (no (T, F) intermediate): xo is
+       * then done and the layer ends here */
+      if (op->matmul_swiglu && op->matmul_swiglu(be, f->xo, f->gu, &w->w_down, T) == 0) continue;
       op->silu_mul_cat(be, f->gate, f->gu, T, F);
     } else {
       op->matmul(be, f->gate, f->xb, &w->w_gate, NULL, T);

@@ -15,11 +15,15 @@
 
 #define GEMM_CACHE 256                 /* cached cuBLASLt plans, keyed by (N, K, T, dtype) */
 #define GEMM_WORKSPACE (32u << 20)     /* cuBLASLt workspace bytes */
+#define GEMM_TUNE_ALGOS 8              /* heuristic candidates timed when a plan is tuned */
+#define GEMM_TUNE_MIN_T 64             /* smaller products keep the first heuristic (cheap, mostly decode) */
 #define STAGE_BYTES ((size_t)32 << 20) /* one of the two pinned staging buffers of weight uploads */
 #define ATT_PART_BYTES ((size_t)16 << 20) /* split-KV partials: ~2 x 8 blocks per SM, G(D+2) floats each */
 
 typedef struct {
   int valid, N, K, T;
+  int tuned; /* 1: ALGO is final (tuning done, or not wanted for this plan) */
+  int timed; /* 1: ALGO won a timing of the candidates (or came from a timed plan of T's bucket) */
   dtype_t dt;
   cublasLtMatmulDesc_t op;
   cublasLtMatrixLayout_t a, b, c;
@@ -47,6 +51,9 @@ typedef struct {
   void *workspace;
   gemm_plan_t plans[GEMM_CACHE];
   int gemv_max_t; /* T up to which matmul uses our GEMV instead of cuBLASLt */
+  int gemm_tune;  /* time cuBLASLt's candidates per plan (STRATA_CUDA_GEMM_TUNE=1; default 0) */
+  int swiglu_max_t; /* matmul_swiglu runs up to this T (STRATA_CUDA_SWIGLU, default 1; 0 off) */
+  cudaEvent_t tune_ev[2];
   int fuse_on;    /* weight_prepare_cat fuses (STRATA_CUDA_FUSE, default 1) */
   int err; /* the first error of an op (ops return void); reported by sync and to_host_f32 */
   /* batch_upload: one pinned buffer, one copy */
@@ -451,8 +458,76 @@ static void plan_destroy(gemm_plan_t *p) {
   memset(p, 0, sizeof *p);
 }
 
-/* plan_get: the cached cuBLASLt plan for out(T,N) = x(T,K) w(N,K)^T, made (with its heuristic) on first use.
- * Column-major view: out^T (N,T) = op(W^T as K x N)^T (N,K) * x^T (K,T). */
+static int t_bucket(int T) { /* the power of two >= T: plans of one bucket share a tuned algorithm */
+  int b = 1;
+  while (b < T && b < (1 << 30)) b <<= 1;
+  return b;
+}
+
+/* plan_heuristics: up to MAX candidates of cuBLASLt's heuristic for plan P (best first) into RES; returns
+ * how many (0 when none or on error). */
+static int plan_heuristics(cuda_ctx_t *c, gemm_plan_t *p, cublasLtMatmulHeuristicResult_t *res, int max) {
+  cublasLtMatmulPreference_t pref = NULL;
+  uint64_t ws = GEMM_WORKSPACE;
+  int n_res = 0;
+  int ok = cublasLtMatmulPreferenceCreate(&pref) == 0 &&
+           cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) == 0 &&
+           cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->a, p->b, p->c, p->c, pref, max, res, &n_res) == 0;
+  if (pref) cublasLtMatmulPreferenceDestroy(pref);
+  return ok ? n_res : 0;
+}
+
+/* plan_time: milliseconds of 2 runs of P with ALGO on the real buffers after one untimed run, or -1 when the
+ * algorithm fails. Synchronizes the stream. */
+static float plan_time(cuda_ctx_t *c, gemm_plan_t *p, const cublasLtMatmulAlgo_t *algo, void *out, const void *x,
+                       const void *w) {
+  const float alpha = 1.0f, beta = 0.0f;
+  for (int r = 0; r < 3; r++) {
+    if (r == 1 && cudaEventRecord(c->tune_ev[0], c->stream) != cudaSuccess) return -1;
+    if (cublasLtMatmul(c->lt, p->op, &alpha, w, p->a, x, p->b, &beta, out, p->c, out, p->c, algo, c->workspace,
+                       GEMM_WORKSPACE, c->stream) != CUBLAS_STATUS_SUCCESS)
+      return -1;
+  }
+  float ms = -1;
+  if (cudaEventRecord(c->tune_ev[1], c->stream) != cudaSuccess || cudaEventSynchronize(c->tune_ev[1]) != cudaSuccess ||
+      cudaEventElapsedTime(&ms, c->tune_ev[0], c->tune_ev[1]) != cudaSuccess)
+    ms = -1;
+  cudaGetLastError();
+  return ms;
+}
+
+/* plan_tune: picks P's algorithm by timing (outside a capture only: the caller checks). A tuned plan of the
+ * same (N, K, dtype) and T bucket lends its algorithm when cuBLASLt accepts it for this T (prefill chunks of
+ * varying length time once per bucket); else up to GEMM_TUNE_ALGOS heuristic candidates are timed on the
+ * call's own buffers (OUT is overwritten, which the call does anyway) and the fastest kept. A failure keeps
+ * the first heuristic. */
+static void plan_tune(cuda_ctx_t *c, gemm_plan_t *p, void *out, const void *x, const void *w) {
+  p->tuned = 1;
+  for (int i = 0; i < GEMM_CACHE; i++) {
+    const gemm_plan_t *q = &c->plans[i];
+    cublasLtMatmulHeuristicResult_t chk;
+    if (q != p && q->valid && q->timed && q->N == p->N && q->K == p->K && q->dt == p->dt &&
+        t_bucket(q->T) == t_bucket(p->T) &&
+        cublasLtMatmulAlgoCheck(c->lt, p->op, p->a, p->b, p->c, p->c, &q->algo, &chk) == CUBLAS_STATUS_SUCCESS &&
+        chk.workspaceSize <= GEMM_WORKSPACE) {
+      p->algo = q->algo;
+      p->timed = 1;
+      return;
+    }
+  }
+  cublasLtMatmulHeuristicResult_t res[GEMM_TUNE_ALGOS];
+  int n = plan_heuristics(c, p, res, GEMM_TUNE_ALGOS), best = -1;
+  float best_ms = 0;
+  for (int i = 0; i < n; i++) {
+    if (res[i].state != CUBLAS_STATUS_SUCCESS || res[i].workspaceSize > GEMM_WORKSPACE) continue;
+    float ms = plan_time(c, p, &res[i].algo, out, x, w);
+    if (ms >= 0 && (best < 0 || ms < best_ms)) best = i, best_ms = ms;
+  }
+  if (best >= 0) p->algo = res[best].algo, p->timed = 1;
+}
+
+/* plan_get: the cached cuBLASLt plan for out(T,N) = x(T,K) w(N,K)^T, made (with its first heuristic) on first
+ * use. Column-major view: out^T (N,T) = op(W^T as K x N)^T (N,K) * x^T (K,T). */
 static gemm_plan_t *plan_get(backend_t *be, int N, int K, int T, dtype_t dt) {
   cuda_ctx_t *c = ctx_of(be);
   unsigned h = ((unsigned)N * 2654435761u) ^ ((unsigned)K * 40503u) ^ ((unsigned)T * 97u) ^ (unsigned)dt;
@@ -466,21 +541,13 @@ static gemm_plan_t *plan_get(backend_t *be, int N, int K, int T, dtype_t dt) {
   plan_destroy(p);
   cudaDataType_t ty = lt_type(dt);
   cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  cublasLtMatmulPreference_t pref = NULL;
   cublasLtMatmulHeuristicResult_t res;
-  int n_res = 0;
-  uint64_t ws = GEMM_WORKSPACE;
   int ok = cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
            cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) == 0 &&
            cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) == 0 &&
            cublasLtMatrixLayoutCreate(&p->a, ty, (uint64_t)K, (uint64_t)N, K) == 0 &&
            cublasLtMatrixLayoutCreate(&p->b, ty, (uint64_t)K, (uint64_t)T, K) == 0 &&
-           cublasLtMatrixLayoutCreate(&p->c, ty, (uint64_t)N, (uint64_t)T, N) == 0 &&
-           cublasLtMatmulPreferenceCreate(&pref) == 0 &&
-           cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) == 0 &&
-           cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->a, p->b, p->c, p->c, pref, 1, &res, &n_res) == 0 &&
-           n_res > 0;
-  if (pref) cublasLtMatmulPreferenceDestroy(pref);
+           cublasLtMatrixLayoutCreate(&p->c, ty, (uint64_t)N, (uint64_t)T, N) == 0 && plan_heuristics(c, p, &res, 1) > 0;
   if (!ok) {
     log_error("cuda backend: cuBLASLt has no algorithm for a %s GEMM of (T %d) x (N %d, K %d)", dtype_name(dt), T, N,
               K);
@@ -489,11 +556,23 @@ static gemm_plan_t *plan_get(backend_t *be, int N, int K, int T, dtype_t dt) {
   }
   p->algo = res.algo;
   p->valid = 1;
+  p->tuned = !c->gemm_tune || T < GEMM_TUNE_MIN_T;
   p->N = N;
   p->K = K;
   p->T = T;
   p->dt = dt;
   return p;
+}
+
+/* capturing: whether the stream is recording a CUDA graph (no synchronizing work may run then) */
+static int capturing(cuda_ctx_t *c) {
+  enum cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  if (c->step_mode == STEP_CAPTURE) return 1;
+  if (cudaStreamIsCapturing(c->stream, &st) != cudaSuccess) {
+    cudaGetLastError();
+    return 1;
+  }
+  return st != cudaStreamCaptureStatusNone;
 }
 
 static void cuda_op_matmul(backend_t *be, void *out, const void *x, const weight_t *w, const float *bias, int T) {
@@ -515,6 +594,8 @@ static void cuda_op_matmul(backend_t *be, void *out, const void *x, const weight
     note(be, STRATA_EUNSUPPORTED);
     return;
   }
+  /* a plan made during a capture keeps its first heuristic until a call outside one tunes it */
+  if (!p->tuned && !c->err && !capturing(c)) plan_tune(c, p, out, x, w->data);
   const float alpha = 1.0f, beta = 0.0f;
   cublasStatus_t s = cublasLtMatmul(c->lt, p->op, &alpha, w->data, p->a, x, p->b, &beta, out, p->c, out, p->c,
                                     &p->algo, c->workspace, GEMM_WORKSPACE, c->stream);
@@ -583,6 +664,16 @@ static void cuda_op_silu_mul_cat(backend_t *be, void *out, const void *gu, int T
   const char *g = gu;
   note(be, cuda_silu_mul_ld(out, g, g + (size_t)F * dtype_act_bytes(be->act_dtype), T, F, 2 * F, be->act_dtype,
                             ctx_of(be)->stream));
+}
+
+static int cuda_op_matmul_swiglu(backend_t *be, void *out, const void *gu, const weight_t *w, int T) {
+  if (replaying(be)) return 0; /* recorded in the graph, or (same shape) not taken: the caller's ops replay too */
+  cuda_ctx_t *c = ctx_of(be);
+  if (T > c->swiglu_max_t || T > c->gemv_max_t || w->dtype != be->act_dtype) return STRATA_EUNSUPPORTED;
+  int rc = cuda_gemv_swiglu(out, gu, w->data, (int)w->rows, (int)w->cols, T, be->act_dtype, c->stream);
+  if (rc == STRATA_EUNSUPPORTED) return rc;
+  note(be, rc);
+  return 0;
 }
 
 static void cuda_op_gather_rows(backend_t *be, void *out, const void *x, const int32_t *rows, int n, int C) {
@@ -691,6 +782,7 @@ static const be_ops_t cuda_ops = {
     .attention = cuda_op_attention,
     .silu_mul = cuda_op_silu_mul,
     .silu_mul_cat = cuda_op_silu_mul_cat,
+    .matmul_swiglu = cuda_op_matmul_swiglu,
     .gather_rows = cuda_op_gather_rows,
     .to_host_f32 = cuda_to_host_f32,
     .argmax_rows = cuda_argmax_rows_op,
@@ -749,10 +841,22 @@ int backend_cuda_create(backend_t **out, int device, int act_dtype) {
   const char *gm = getenv("STRATA_CUDA_GEMV_MAX_T");
   c->gemv_max_t = gm ? atoi(gm) : 2;
   if (c->gemv_max_t < 0 || c->gemv_max_t > CUDA_GEMV_MAX_T) c->gemv_max_t = 2;
+  /* STRATA_CUDA_GEMM_TUNE=1: time up to 8 cuBLASLt candidates per plan (T >= 64) and keep the fastest. Off by
+   * default: on H100 the first heuristic already runs the Llama-3-8B prefill GEMMs at 770-808 TFLOP/s and
+   * tuning won 1% (gemv_bench), not measurable in the engine, while the choice, made from timings, may
+   * differ between processes (and so may the low bits of prefill results).
+   * STRATA_CUDA_SWIGLU=N: matmul_swiglu (SwiGLU folded into the down projection) up to T = N (0 off, at most
+   * CUDA_SWIGLU_MAX_T); default 1: it measured even at T 1 (45.6 us against 45.8 for silu_mul + GEMV) and
+   * 2.5 us slower at T 2. */
+  const char *te = getenv("STRATA_CUDA_GEMM_TUNE"), *se = getenv("STRATA_CUDA_SWIGLU");
+  c->gemm_tune = te && strcmp(te, "1") == 0;
+  c->swiglu_max_t = se ? atoi(se) : 1;
+  if (c->swiglu_max_t < 0 || c->swiglu_max_t > CUDA_SWIGLU_MAX_T) c->swiglu_max_t = 1;
   rc = STRATA_EIO;
   if (cu_ok(cudaSetDevice(device), "cudaSetDevice") ||
       cu_ok(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "stream") ||
       cu_ok(cudaEventCreateWithFlags(&c->batch_copied, cudaEventDisableTiming), "event") ||
+      cu_ok(cudaEventCreate(&c->tune_ev[0]), "event") || cu_ok(cudaEventCreate(&c->tune_ev[1]), "event") ||
       cu_ok(cudaMalloc(&c->workspace, GEMM_WORKSPACE), "cuBLASLt workspace") ||
       cu_ok(cudaMalloc((void **)&c->att.part, ATT_PART_BYTES), "attention scratch"))
     goto fail;
@@ -796,6 +900,8 @@ void backend_cuda_destroy(backend_t *be) {
       if (c->stage_free[i]) cudaEventDestroy(c->stage_free[i]);
     }
     if (c->batch_copied) cudaEventDestroy(c->batch_copied);
+    for (int i = 0; i < 2; i++)
+      if (c->tune_ev[i]) cudaEventDestroy(c->tune_ev[i]);
     if (c->stream) cudaStreamDestroy(c->stream);
   }
   free(c);
