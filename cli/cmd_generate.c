@@ -36,7 +36,7 @@ static void usage(FILE *f) {
           "  --dtype T             auto | f32 | bf16 | f16: compute dtype (auto: the backend's choice)\n"
           "  --threads N           CPU threads (default: all cores)\n"
           "  --max-model-len N     context length (default: the model's)\n"
-          "  --max-batched-tokens N  tokens per engine step (default 2048)\n"
+          "  --max-batched-tokens N  tokens per engine step (default 8192 on a GPU, 2048 on the CPU)\n"
           "  --num-kv-blocks N     KV cache blocks (default: sized from memory)\n"
           "  --no-prefix-caching   disable prefix caching\n"
           "  --verbose             log at info level (default: warnings only)\n",

@@ -141,7 +141,8 @@ static int parse(int argc, char **argv, bench_args_t *a) {
   /* batch: exactly B running; offline: the engine's default (256, a GPU's batch) unless given */
   if (a->max_num_seqs > 0) a->ec.max_num_seqs = a->max_num_seqs;
   else if (a->bench_case == CASE_BATCH) a->ec.max_num_seqs = a->batch;
-  if (a->ec.max_batched_tokens <= 0)
+  /* batch: prompts prefilled 2,048 tokens a step (as before); offline: the engine's default budget */
+  if (a->ec.max_batched_tokens <= 0 && a->bench_case == CASE_BATCH)
     a->ec.max_batched_tokens = 2048 > a->ec.max_num_seqs ? 2048 : a->ec.max_num_seqs;
   /* cold start: the context a server would configure (the model's); else just what the requests need */
   a->ec.max_model_len = a->bench_case == CASE_COLD ? 0 : a->prompt_len + a->gen_len + 1;

@@ -236,7 +236,7 @@ static void test_padded_decode(void **state) {
     which[i] = i;
     run(g_gguf, &c, &i, 1, &sp, &alone[i], NULL);
   }
-  setenv("STRATA_PAD_DECODE", "1", 1);
+  setenv("STRATA_PAD_DECODE", "256", 1);
   run(g_gguf, &c, which, N, &sp, batch, NULL);
   unsetenv("STRATA_PAD_DECODE");
   for (int i = 0; i < N; i++) {

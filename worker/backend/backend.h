@@ -157,8 +157,8 @@ struct backend {
   dtype_t act_dtype; /* activation and KV dtype */
   int n_threads;
   char device[32];   /* "cpu", "cuda:0" */
-  int pad_decode;    /* 1: the engine pads decode-only steps to a few batch sizes (captured CUDA graphs are
-                        per size, so steps reuse a handful of graphs) */
+  int pad_decode;    /* > 0: the engine pads decode-only steps of up to this many sequences to a few batch
+                        sizes (captured CUDA graphs are per size, so steps reuse a handful); 0: never */
 };
 
 /* backend_create: "cpu" or "cuda[:N]" ("auto": a GPU when one is present, else the CPU). N_THREADS

@@ -15,7 +15,7 @@ void engine_cfg_default(engine_cfg_t *c) {
   snprintf(c->device, sizeof c->device, "auto");
   c->act_dtype = -1;
   c->max_num_seqs = 256;
-  c->max_batched_tokens = 2048;
+  c->max_batched_tokens = 0; /* auto: ENGINE_GPU_BATCHED_TOKENS on a GPU, ENGINE_CPU_BATCHED_TOKENS on the CPU */
   c->block_size = 16;
   c->kv_cache_fraction = 0.9f;
   c->prefix_caching = 1;
@@ -68,7 +68,7 @@ int engine_create(engine_t **out, const model_t *m, const engine_cfg_t *cfg) {
   e->cfg = *cfg;
   e->m = m;
   engine_cfg_t *c = &e->cfg;
-  if (c->max_num_seqs < 1 || c->max_batched_tokens < 1 || c->block_size < 1 || c->block_size > 64) {
+  if (c->max_num_seqs < 1 || c->max_batched_tokens < 0 || c->block_size < 1 || c->block_size > 64) {
     log_error("engine: bad configuration (max_num_seqs %d, max_batched_tokens %d, block_size %d)",
               c->max_num_seqs, c->max_batched_tokens, c->block_size);
     free(e);
@@ -80,7 +80,11 @@ int engine_create(engine_t **out, const model_t *m, const engine_cfg_t *cfg) {
   int rc = backend_create(&e->be, c->device, c->n_threads, c->act_dtype);
   /* STRATA_PAD_DECODE=0|1 overrides the backend's wish to pad decode steps (tests pad on the CPU too) */
   const char *pad = getenv("STRATA_PAD_DECODE");
-  if (!rc && pad) e->be->pad_decode = atoi(pad) != 0;
+  if (!rc && pad) e->be->pad_decode = atoi(pad);
+  /* NOTE: a GPU step of 2,048 tokens leaves its matmuls short of the tensor cores' peak and splits a
+   * burst of prompts over many steps; as vLLM does, a larger budget is the default there */
+  if (!rc && !c->max_batched_tokens)
+    c->max_batched_tokens = strcmp(e->be->ops->name, "cpu") == 0 ? ENGINE_CPU_BATCHED_TOKENS : ENGINE_GPU_BATCHED_TOKENS;
   /* NOTE: the KV cache is sized after the weights and scratch are placed, from what they left free. */
   if (!rc) rc = fwd_init(&e->fwd, m, e->be, c->block_size, c->max_batched_tokens, c->max_num_seqs);
   if (!rc) rc = size_kv(e, &n_blocks);

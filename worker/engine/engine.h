@@ -5,6 +5,9 @@
 #ifndef STRATA_ENGINE_H
 #define STRATA_ENGINE_H
 
+#define ENGINE_CPU_BATCHED_TOKENS 2048 /* the default token budget per step on the CPU */
+#define ENGINE_GPU_BATCHED_TOKENS 8192 /* and on a GPU (vLLM's default for H100-class GPUs too) */
+
 #include <stdint.h>
 
 #include "worker/kvcache/kvcache.h"
@@ -17,7 +20,7 @@ typedef struct {
   int n_threads;           /* CPU threads (0 = all cores) */
   int act_dtype;           /* -1 = backend default */
   int max_num_seqs;        /* running requests at most */
-  int max_batched_tokens;  /* token budget per step */
+  int max_batched_tokens;  /* token budget per step (0: ENGINE_GPU_BATCHED_TOKENS on a GPU, else ENGINE_CPU_...) */
   int max_model_len;       /* 0 = the model's context length */
   int block_size;          /* tokens per KV block */
   int num_kv_blocks;       /* 0 = size from memory with kv_cache_fraction */

@@ -55,7 +55,7 @@ static int decode_bucket(int S) {
 static void pad_decode(engine_t *e, be_batch_t *b) {
   runner_batch_t *rb = &e->rb;
   const int S = b->n_seqs, P = decode_bucket(S);
-  if (!e->be->pad_decode || b->n_tokens != S || b->n_logits != S || P == S || P > rb->max_seqs ||
+  if (P > e->be->pad_decode || b->n_tokens != S || b->n_logits != S || P == S || P > rb->max_seqs ||
       P > rb->max_tokens || P > e->fwd.max_logits)
     return;
   for (int i = S; i < P; i++) {

@@ -42,6 +42,7 @@ enum { STEP_EAGER = 0, STEP_CAPTURE, STEP_REPLAY };
 typedef struct {
   int device;
   int graphs_on;  /* STRATA_CUDA_GRAPHS (default 1) */
+  int graph_max_t; /* decode steps of at most this many tokens are graphs (STRATA_CUDA_GRAPH_MAX_T, 64) */
   cuda_att_work_t att; /* attention scratch and kernel choice (STRATA_CUDA_ATTENTION) */
   int step_mode;  /* STEP_* of the step in flight */
   graph_entry_t graphs[GRAPH_CACHE], *step_graph;
@@ -103,7 +104,7 @@ static int step_end(cuda_ctx_t *c);
 static void step_begin(cuda_ctx_t *c, const be_batch_t *b) {
   if (c->step_mode != STEP_EAGER) step_end(c); /* the previous step never read its results */
   c->step_mode = STEP_EAGER;
-  if (!c->graphs_on || c->err || b->n_tokens != b->n_seqs || b->n_tokens > 512) return;
+  if (!c->graphs_on || c->err || b->n_tokens != b->n_seqs || b->n_tokens > c->graph_max_t) return;
   for (int i = 0; i < GRAPH_CACHE; i++) {
     graph_entry_t *g = &c->graphs[i];
     if (g->exec && g->T == b->n_tokens && g->S == b->n_seqs && g->max_blocks == b->max_blocks &&
@@ -828,7 +829,12 @@ int backend_cuda_create(backend_t **out, int device, int act_dtype) {
    * to a power of two, so a step shape recurs and a capture is rare; see docs/gpu.md) */
   const char *ge = getenv("STRATA_CUDA_GRAPHS");
   c->graphs_on = !(ge && strcmp(ge, "0") == 0);
-  be->pad_decode = c->graphs_on;
+  /* NOTE: large decode steps run eagerly: at batch 256 a replayed graph measured slower than eager launches
+   * (17.9 against 13.6 ms per step, H100, Llama-3-8B shapes), and their launch cost hides behind the GPU */
+  const char *gt = getenv("STRATA_CUDA_GRAPH_MAX_T");
+  c->graph_max_t = gt ? atoi(gt) : 64;
+  if (c->graph_max_t < 1 || c->graph_max_t > 512) c->graph_max_t = 64;
+  be->pad_decode = c->graphs_on ? c->graph_max_t : 0;
   /* STRATA_CUDA_ATTENTION=v1 (the first kernel), notc (no tensor-core prefill) or wmma (the WMMA prefill kernel
    * instead of the flash-attention-2 one): for comparisons */
   const char *ae = getenv("STRATA_CUDA_ATTENTION");
