@@ -380,6 +380,8 @@ static int batch_reserve(backend_t *be, size_t n) {
   size_t cap = n < 4096 ? 4096 : n * 2;
   int rc = cu_ok(cudaStreamSynchronize(c->stream), "batch buffer");
   if (rc) return rc;
+  /* every captured graph reads the step's arrays from the old device buffer: they go with it */
+  graphs_clear(c);
   cudaFreeHost(c->batch_host);
   cudaFree(c->batch_dev);
   c->batch_host = NULL;
