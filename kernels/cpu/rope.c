@@ -33,6 +33,25 @@ static void rope_heads(float *x, int n_heads, int D, int style, const double *cs
   }
 }
 
+/* rope_angles: cos and sin of POS times each of the HALF inverse frequencies, in double. */
+static void rope_angles(double *cs, double *sn, int32_t pos, const float *inv_freq, int half) {
+  for (int i = 0; i < half; i++) {
+    double ang = (double)pos * (double)inv_freq[i];
+    cs[i] = cos(ang);
+    sn[i] = sin(ang);
+  }
+}
+
+/* cache_k_row: token SLOT's K row of KV head 0 in LAYER (head h at + h * B * D; V at + Hkv * B * D), or
+ * NULL when the slot is outside the cache. */
+static float *cache_k_row(kern_kv_t *kv, int layer, int64_t slot) {
+  const int B = kv->block_size, D = kv->head_dim, Hkv = kv->n_kv_heads;
+  if (slot < 0 || slot >= (int64_t)kv->n_blocks * B) return NULL;
+  size_t head_elems = (size_t)B * D;
+  float *blk = kv->data + (size_t)(slot / B) * kv->n_layers * 2 * Hkv * head_elems;
+  return blk + (size_t)layer * 2 * Hkv * head_elems + (size_t)(slot % B) * D;
+}
+
 static void rope_job(void *arg, int64_t t, kern_worker_t *wk) {
   rope_task_t *r = arg;
   kern_kv_t *kv = r->kv;
@@ -43,23 +62,18 @@ static void rope_job(void *arg, int64_t t, kern_worker_t *wk) {
     return;
   }
   double *sn = cs + half;
-  for (int i = 0; i < half; i++) {
-    double ang = (double)r->positions[t] * (double)r->inv_freq[i];
-    cs[i] = cos(ang);
-    sn[i] = sin(ang);
-  }
+  rope_angles(cs, sn, r->positions[t], r->inv_freq, half);
   float *k = r->k + (size_t)t * Hkv * D;
   rope_heads(r->q + (size_t)t * r->H * D, r->H, D, r->style, cs, sn);
   rope_heads(k, Hkv, D, r->style, cs, sn);
   int64_t slot = r->slots[t];
   if (slot < 0) return; /* no cache write asked for (a padding row) */
-  if (slot >= (int64_t)kv->n_blocks * B) {
+  float *kc = cache_k_row(kv, r->layer, slot);
+  if (!kc) {
     atomic_fetch_add(&r->n_bad, 1);
     return;
   }
-  size_t head_elems = (size_t)B * D;
-  float *blk = kv->data + (size_t)(slot / B) * kv->n_layers * 2 * Hkv * head_elems;
-  float *kc = blk + (size_t)r->layer * 2 * Hkv * head_elems + (size_t)(slot % B) * D;
+  const size_t head_elems = (size_t)B * D;
   float *vc = kc + (size_t)Hkv * head_elems;
   const float *v = r->v + (size_t)t * Hkv * D;
   for (int h = 0; h < Hkv; h++) {
@@ -123,23 +137,18 @@ static void rope_qkv_job(void *arg, int64_t t, kern_worker_t *wk) {
   }
   double *sn = cs + half;
   float *kh = (float *)(cs + D); /* one rotated k head */
-  for (int i = 0; i < half; i++) {
-    double ang = (double)r->positions[t] * (double)r->inv_freq[i];
-    cs[i] = cos(ang);
-    sn[i] = sin(ang);
-  }
+  rope_angles(cs, sn, r->positions[t], r->inv_freq, half);
   const float *row = r->qkv + (size_t)t * r->ld, *k = row + (size_t)H * D, *v = k + (size_t)Hkv * D;
   for (int h = 0; h < H; h++)
     head_norm_rope(r->q_out + ((size_t)t * H + h) * D, row + (size_t)h * D, r->q_norm, r->eps, D, r->style, cs, sn);
   int64_t slot = r->slots[t];
   if (slot < 0) return; /* no cache write asked for (a padding row) */
-  if (slot >= (int64_t)kv->n_blocks * B) {
+  float *kc = cache_k_row(kv, r->layer, slot);
+  if (!kc) {
     atomic_fetch_add(&r->n_bad, 1);
     return;
   }
-  size_t head_elems = (size_t)B * D;
-  float *blk = kv->data + (size_t)(slot / B) * kv->n_layers * 2 * Hkv * head_elems;
-  float *kc = blk + (size_t)r->layer * 2 * Hkv * head_elems + (size_t)(slot % B) * D;
+  const size_t head_elems = (size_t)B * D;
   float *vc = kc + (size_t)Hkv * head_elems;
   for (int h = 0; h < Hkv; h++) {
     head_norm_rope(kh, k + (size_t)h * D, r->k_norm, r->eps, D, r->style, cs, sn);
