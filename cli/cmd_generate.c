@@ -253,7 +253,9 @@ int cmd_generate(int argc, char **argv) {
   if (rc) return rc == 1 ? 0 : rc;
   model_t *m = NULL;
   tok_t *tok = NULL;
-  rc = model_load(&m, a.model, NULL);
+  /* a dummy model's matrices are made on the GPU when the engine will run there */
+  model_load_opts_t lo = {.dtype = -1, .dummy_on_device = backend_device_is_gpu(a.ec.device)};
+  rc = model_load(&m, a.model, &lo);
   if (rc) {
     fprintf(stderr, "strata generate: cannot load model '%s': %s\n", a.model, strata_strerror(rc));
     return 1;

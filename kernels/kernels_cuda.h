@@ -34,6 +34,12 @@ int cuda_device_count(void);
 /* out(n) = SRC(n) converted from STYPE (f32, f16, bf16) to DTYPE (f32, f16, bf16); OUT must not alias SRC. */
 int cuda_convert(void *out, dtype_t dtype, const void *src, dtype_t stype, int64_t n, cudaStream_t stream);
 
+/* cuda_dummy_fill: out(n) in DTYPE = a dummy model's tensor made on the GPU: element i is
+ * SCALE * dummy_value(dummy_tensor_key(SEED, TENSOR), i) (common/dummy_hash.h), rounded to the model's
+ * dtype STYPE first, exactly the values the host loader makes (then converted to DTYPE, as an upload). */
+int cuda_dummy_fill(void *out, dtype_t dtype, dtype_t stype, uint64_t seed, uint64_t tensor, float scale, int64_t n,
+                    cudaStream_t stream);
+
 /* out(T,C) = emb[ids[t]], emb (V,C) in ACT. An id outside [0,V) gives a zero row. */
 int cuda_embed(void *out, const void *emb, int64_t V, int C, const int32_t *ids, int T, dtype_t act,
                cudaStream_t stream);

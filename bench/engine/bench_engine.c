@@ -379,7 +379,8 @@ static int run_cold_case(const bench_args_t *a, double t_main) {
   model_t *m = NULL;
   engine_t *e = NULL;
   double t0 = now_s();
-  int rc = model_load(&m, a->model, NULL);
+  model_load_opts_t lo = {.dtype = -1, .dummy_on_device = backend_device_is_gpu(a->ec.device)};
+  int rc = model_load(&m, a->model, &lo);
   if (rc) {
     fprintf(stderr, "strata-bench engine: cannot load '%s': %s\n", a->model, strata_strerror(rc));
     return rc;
@@ -435,7 +436,8 @@ int bench_engine_main(int argc, char **argv) {
   model_t *m = NULL;
   engine_t *e = NULL;
   double t_load = now_s();
-  rc = model_load(&m, a.model, NULL);
+  model_load_opts_t lo = {.dtype = -1, .dummy_on_device = backend_device_is_gpu(a.ec.device)};
+  rc = model_load(&m, a.model, &lo);
   if (rc) {
     fprintf(stderr, "strata-bench engine: cannot load '%s': %s\n", a.model, strata_strerror(rc));
     return 1;

@@ -1,5 +1,6 @@
 // kernels.cu: the CUDA kernels of the forward pass (see kernels/kernels_cuda.h), templated on the activation type.
 #include "kernels/cuda/cuda_int.cuh"
+#include "common/dummy_hash.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,40 @@ extern "C" int cuda_device_count(void) {
 template <typename D, typename S> __global__ void convert_kernel(D *out, const S *src, int64_t n) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
     st(&out[i], ld(&src[i]));
+}
+
+// a dummy tensor made in place (kernels_cuda.h: cuda_dummy_fill); S is the model's dtype the value is rounded to
+template <typename D, typename S>
+__global__ void dummy_fill_kernel(D *out, uint64_t key, float scale, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    S v;
+    st(&v, scale * dummy_value(key, (uint64_t)i));
+    st(&out[i], ld(&v));
+  }
+}
+
+extern "C" int cuda_dummy_fill(void *out, dtype_t dtype, dtype_t stype, uint64_t seed, uint64_t tensor, float scale,
+                               int64_t n, cudaStream_t stream) {
+  if (n <= 0) return 0;
+  unsigned g = grid_for(n, 256);
+  if (g > 65536) g = 65536;
+  const uint64_t key = dummy_tensor_key(seed, tensor);
+#define FILL_SRC(D_)                                                                                   \
+  do {                                                                                                 \
+    if (stype == DTYPE_F32) {                                                                          \
+      dummy_fill_kernel<D_, float><<<g, 256, 0, stream>>>((D_ *)out, key, scale, n);                   \
+    } else if (stype == DTYPE_BF16) {                                                                  \
+      dummy_fill_kernel<D_, __nv_bfloat16><<<g, 256, 0, stream>>>((D_ *)out, key, scale, n);           \
+    } else if (stype == DTYPE_F16) {                                                                   \
+      dummy_fill_kernel<D_, __half><<<g, 256, 0, stream>>>((D_ *)out, key, scale, n);                  \
+    } else {                                                                                           \
+      log_error("cuda dummy fill: model dtype %s is not f32, bf16 or f16", dtype_name(stype));        \
+      return STRATA_EINVAL;                                                                            \
+    }                                                                                                  \
+  } while (0)
+  DISPATCH_ACT(dtype, FILL_SRC(T));
+#undef FILL_SRC
+  return launched("dummy fill");
 }
 
 extern "C" int cuda_convert(void *out, dtype_t dtype, const void *src, dtype_t stype, int64_t n,

@@ -500,6 +500,42 @@ static void test_model(backend_t *cpu, backend_t *gpu, dtype_t t, const char *pr
   model_free(m);
 }
 
+/* dummy weights made on the GPU (model_load_opts_t.dummy_on_device) must be bit-identical, once placed, to
+ * the host loader's placed through an upload: model dtypes f32 and bf16, four matrices of dummy:tiny. */
+static void test_dummy_on_device(backend_t *gpu, dtype_t t) {
+  const dtype_t mdt[2] = {DTYPE_F32, DTYPE_BF16};
+  for (int k = 0; k < 2; k++) {
+    model_t *mh = NULL, *md = NULL;
+    model_load_opts_t oh = {.seed = 11, .dtype = mdt[k]}, od = oh;
+    od.dummy_on_device = 1;
+    if (model_load(&mh, "dummy:tiny", &oh) || model_load(&md, "dummy:tiny", &od)) {
+      printf("FAIL cannot load dummy:tiny\n");
+      n_fail++;
+      model_free(mh);
+      return;
+    }
+    const weight_t *wh[4] = {&mh->w.tok_embd, &mh->w.layers[0].wq, &mh->w.layers[1].w_down, &mh->w.output};
+    const weight_t *wd[4] = {&md->w.tok_embd, &md->w.layers[0].wq, &md->w.layers[1].w_down, &md->w.output};
+    int same = md->w.layers[0].wq.data == NULL && md->w.layers[0].wq.gen.on;
+    for (int i = 0; i < 4 && same; i++) {
+      weight_t ph = {0}, pd = {0};
+      size_t bytes = (size_t)(wh[i]->rows * wh[i]->cols) * dtype_act_bytes(t);
+      char *a = malloc(bytes), *b = malloc(bytes);
+      same = a && b && gpu->ops->weight_prepare(gpu, &ph, wh[i]) == 0 && gpu->ops->weight_prepare(gpu, &pd, wd[i]) == 0 &&
+             gpu->ops->download(gpu, a, ph.data, bytes) == 0 && gpu->ops->download(gpu, b, pd.data, bytes) == 0 &&
+             memcmp(a, b, bytes) == 0;
+      gpu->ops->weight_release(gpu, &ph);
+      gpu->ops->weight_release(gpu, &pd);
+      free(a), free(b);
+    }
+    printf("%s dummy weights made on the GPU = the host's, model %s, act %s\n", same ? "ok  " : "FAIL",
+           dtype_name(mdt[k]), dtype_name(t));
+    same ? n_pass++ : n_fail++;
+    model_free(mh);
+    model_free(md);
+  }
+}
+
 int main(void) {
   backend_t *cpu = NULL;
   /* unless the caller chose: matmul_swiglu up to T 2 (its default is T 1) and cuBLASLt plan tuning on (off by
@@ -532,6 +568,7 @@ int main(void) {
     test_rope_qkv(cpu, gpu, types[i], 0, 64, 1);
     test_model(cpu, gpu, types[i], "dummy:tiny", 0);
     test_model(cpu, gpu, types[i], "dummy:tiny", 1);
+    test_dummy_on_device(gpu, types[i]);
     if (gpu->ops->sync(gpu) != 0) {
       printf("FAIL the CUDA backend reported an error\n");
       n_fail++;

@@ -18,6 +18,7 @@
 #include "common/fileio.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "worker/backend/backend.h"
 #include "worker/loader/loader_int.h"
 #include "worker/model/model.h"
 
@@ -1127,6 +1128,33 @@ static void check_dummy_matrix(const weight_t *w, uint64_t seed, uint64_t idx) {
   }
 }
 
+/* Left for a GPU: the matrices carry their generator (seed, tensor index, scale) and no host data; vectors
+ * stay on the host; the CPU backend refuses such a weight with an error instead of reading NULL. */
+static void test_dummy_on_device(void **state) {
+  (void)state;
+  model_t *m = NULL;
+  model_load_opts_t o = {.seed = 7, .dtype = -1, .dummy_on_device = 1};
+  assert_int_equal(model_load(&m, "dummy:tiny", &o), 0);
+  const weight_t *wq = &m->w.layers[1].wq;
+  assert_null(wq->data);
+  assert_int_equal(wq->gen.on, 1);
+  assert_int_equal(wq->gen.seed, 7);
+  assert_int_equal(wq->gen.tensor, 1 + 16 + 1); /* the host loader's tensor index */
+  assert_true(wq->gen.scale == 1.0f / sqrtf((float)wq->cols));
+  assert_int_equal(wq->rows, 64);
+  assert_int_equal(wq->cols, 64);
+  assert_non_null(m->w.layers[1].attn_norm.data);
+  backend_t *cpu = NULL;
+  assert_int_equal(backend_create(&cpu, "cpu", 1, -1), 0);
+  weight_t dst;
+  int lvl = log_get_level();
+  log_set_level(LOG_LEVEL_OFF);
+  assert_int_equal(cpu->ops->weight_prepare(cpu, &dst, wq), STRATA_EUNSUPPORTED);
+  log_set_level(lvl);
+  backend_destroy(cpu);
+  model_free(m);
+}
+
 static void test_dummy_tiny(void **state) {
   (void)state;
   model_t *a = NULL, *b = NULL, *c = NULL, *d = NULL;
@@ -1289,6 +1317,7 @@ int main(void) {
       cmocka_unit_test(test_gguf_synth),
       cmocka_unit_test(test_dummy_presets),
       cmocka_unit_test(test_dummy_tiny),
+      cmocka_unit_test(test_dummy_on_device),
       cmocka_unit_test(test_dummy_100m),
       cmocka_unit_test(test_kquants),
   };

@@ -116,7 +116,8 @@ static int load_model(serve_t *s, model_t **m) {
   engine_t *e = NULL;
   int rc = engine_config(c, &ec);
   if (rc) return rc;
-  if ((rc = model_load(m, c->model, NULL))) return rc;
+  model_load_opts_t lo = {.dtype = -1, .dummy_on_device = backend_device_is_gpu(ec.device)};
+  if ((rc = model_load(m, c->model, &lo))) return rc;
   if (strncmp(c->model, "dummy:", 6) == 0)
     rc = tok_new_bytes(&s->tok, (*m)->cfg.vocab_size >= 258 ? (*m)->cfg.vocab_size : 512);
   else

@@ -42,6 +42,15 @@ int backend_create(backend_t **out, const char *device, int n_threads, int act_d
   return backend_cpu_create(out, n_threads);
 }
 
+int backend_device_is_gpu(const char *device) {
+  if (!device || !*device) device = "auto";
+  if (strncmp(device, "cuda", 4) == 0 && (device[4] == '\0' || device[4] == ':')) return 1;
+#ifdef STRATA_HAVE_CUDA
+  if (strcmp(device, "auto") == 0) return backend_cuda_available();
+#endif
+  return 0;
+}
+
 void backend_destroy(backend_t *be) {
   if (!be) return;
   if (be->ops && be->ops->destroy) be->ops->destroy(be);

@@ -21,6 +21,13 @@ typedef struct {
   const void *data; /* backend memory (CPU: may point into a read-only mmap) */
   dtype_t dtype;
   int64_t rows, cols;
+  /* a dummy model's matrix left for the backend to make (data NULL): element i is
+   * scale * dummy_value(dummy_tensor_key(seed, tensor), i) rounded to DTYPE (common/dummy_hash.h) */
+  struct {
+    int on;
+    float scale;
+    uint64_t seed, tensor;
+  } gen;
 } weight_t;
 
 enum { ROPE_STYLE_NORM = 0 /* rotates pairs (x[2i], x[2i+1]): GGUF llama */, ROPE_STYLE_NEOX = 1 /* rotates
@@ -165,6 +172,9 @@ struct backend {
  * 0 = all cores (CPU). ACT_DTYPE -1 = the backend's default. Returns 0 or a STRATA_E* code (logged). */
 int backend_create(backend_t **out, const char *device, int n_threads, int act_dtype);
 void backend_destroy(backend_t *be);
+/* backend_device_is_gpu: 1 when backend_create(DEVICE) would make a GPU backend ("cuda[:N]", or "auto" with a
+ * GPU present), else 0; for callers that prepare for the device before creating it (dummy weights). */
+int backend_device_is_gpu(const char *device);
 
 /* backend_cpu_create: the CPU backend (worker/backend/cpu). */
 int backend_cpu_create(backend_t **out, int n_threads);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/dummy_hash.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "worker/loader/loader_int.h"
@@ -64,16 +65,8 @@ int ld_dummy_config(const char *preset, int dtype, model_cfg_t *c) {
   return 0;
 }
 
-static inline uint64_t dummy_mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 float ld_dummy_value(uint64_t seed, uint64_t tensor, uint64_t elem) {
-  uint64_t key = dummy_mix64(dummy_mix64(seed) + tensor * 0x9e3779b97f4a7c15ull);
-  uint64_t u = dummy_mix64(key + (elem + 1) * 0x9e3779b97f4a7c15ull);
-  return (float)(int64_t)(u >> 40) * (1.0f / 8388608.0f) - 1.0f; /* 24 bits -> [-1, 1) */
+  return dummy_value(dummy_tensor_key(seed, tensor), elem);
 }
 
 /* One thread's share of a tensor fill: elements [begin, end). */
@@ -87,8 +80,9 @@ typedef struct {
 
 static void *dummy_fill_run(void *arg) {
   const dummy_fill_t *f = arg;
+  const uint64_t key = dummy_tensor_key(f->seed, f->tensor);
   for (int64_t i = f->begin; i < f->end; i++) {
-    float v = f->scale == 0.0f ? 1.0f : f->scale * ld_dummy_value(f->seed, f->tensor, (uint64_t)i);
+    float v = f->scale == 0.0f ? 1.0f : f->scale * dummy_value(key, (uint64_t)i);
     switch (f->dtype) {
       case DTYPE_F32: ((float *)f->dst)[i] = v; break;
       case DTYPE_F16: ((uint16_t *)f->dst)[i] = f32_to_f16(v); break;
@@ -129,6 +123,11 @@ typedef enum { DUMMY_MATRIX, DUMMY_NORM, DUMMY_BIAS } dummy_kind_t;
 static int dummy_tensor(model_t *m, weight_t *w, uint64_t seed, uint64_t idx, dummy_kind_t kind, int64_t rows,
                         int64_t cols, float bias_scale) {
   dtype_t dt = kind == DUMMY_MATRIX ? m->cfg.dtype : DTYPE_F32;
+  if (kind == DUMMY_MATRIX && m->dummy_on_device) { /* the backend makes it where it lives (weight_t.gen) */
+    *w = (weight_t){.dtype = dt, .rows = rows, .cols = cols,
+                    .gen = {.on = 1, .scale = 1.0f / sqrtf((float)cols), .seed = seed, .tensor = idx}};
+    return 0;
+  }
   size_t bytes = dtype_row_bytes(dt, cols) * (size_t)rows;
   /* NOTE: plain malloc, no zero-fill: the fill touches each page once, on the filling thread. */
   void *p = malloc(bytes);
@@ -211,7 +210,8 @@ int ld_load_dummy(model_t *m, const char *preset, const model_load_opts_t *opts)
   }
   snprintf(m->name, sizeof(m->name), "dummy:%.200s", preset);
   m->tokenizer_path[0] = 0;
-  if ((rc = dummy_mem_check(m)) != 0) return rc;
+  m->dummy_on_device = opts && opts->dummy_on_device;
+  if (!m->dummy_on_device && (rc = dummy_mem_check(m)) != 0) return rc;
   const model_cfg_t *c = &m->cfg;
   m->w.layers = calloc((size_t)c->n_layers, sizeof(*m->w.layers));
   if (!m->w.layers) {

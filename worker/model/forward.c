@@ -40,7 +40,7 @@ size_t fwd_kv_block_bytes(const model_cfg_t *cfg, dtype_t dtype, int block_size)
 /* prepare_weight: W on the backend (CPU: an alias); an absent optional weight stays absent. */
 static int prepare_weight(backend_t *be, weight_t *dst, const weight_t *src) {
   memset(dst, 0, sizeof *dst);
-  if (!src->data) return 0;
+  if (!src->data && !src->gen.on) return 0;
   return be->ops->weight_prepare(be, dst, src);
 }
 
@@ -96,7 +96,7 @@ static int prepare_weights(fwd_t *f) {
   int rc = prepare_weight(be, &f->w.tok_embd, &m->w.tok_embd);
   if (!rc) rc = prepare_weight(be, &f->w.out_norm, &m->w.out_norm);
   if (!rc) {
-    if (m->cfg.tied_embeddings || m->w.output.data == m->w.tok_embd.data)
+    if (m->cfg.tied_embeddings || (m->w.output.data && m->w.output.data == m->w.tok_embd.data))
       f->w.output = f->w.tok_embd; /* shared, released once */
     else
       rc = prepare_weight(be, &f->w.output, &m->w.output);

@@ -81,11 +81,14 @@ typedef struct {
   char name[256];        /* a short name for /v1/models: the directory or file name, or the preset */
   char tokenizer_path[1024]; /* where the tokenizer lives (the GGUF file or the directory); "" for dummy */
   model_storage_t *storage;
+  int dummy_on_device;   /* a dummy model whose matrices the backend generates (weight_t.gen) */
 } model_t;
 
 typedef struct {
   uint64_t seed;   /* dummy weights: seed (default 0 = a fixed default seed) */
   int dtype;       /* dummy weights: dtype to generate (-1 = f32 for tiny presets, bf16 for big ones) */
+  int dummy_on_device; /* dummy weights: matrices left for the backend to generate (weight_t.gen; a GPU fills
+                          them in place, no host memory or transfer); the CPU backend refuses them */
 } model_load_opts_t;
 
 /* model_load: loads PATH (HF directory, .gguf file, or "dummy:<preset>"). OPTS may be NULL.

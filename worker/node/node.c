@@ -182,7 +182,8 @@ static int start_engine(worker_node_t *n, model_t **m) {
   engine_cfg_t ec;
   engine_t *e = NULL;
   int rc = engine_config(n->conf, &ec);
-  if (rc || (rc = model_load(m, n->conf->model, NULL)) || (rc = engine_create(&e, *m, &ec))) return rc;
+  model_load_opts_t lo = {.dtype = -1, .dummy_on_device = backend_device_is_gpu(ec.device)};
+  if (rc || (rc = model_load(m, n->conf->model, &lo)) || (rc = engine_create(&e, *m, &ec))) return rc;
   engine_set_kv_event_cb(e, node_on_kv_event, n);
   n->max_model_len = engine_max_model_len(e);
   n->vocab_size = (*m)->cfg.vocab_size;

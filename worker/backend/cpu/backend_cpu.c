@@ -60,6 +60,11 @@ static int cpu_mem_info(backend_t *be, size_t *free_bytes, size_t *total_bytes) 
 
 /* The CPU computes from the stored dtype, so a prepared weight aliases the host one (often an mmap). */
 static int cpu_weight_prepare(backend_t *be, weight_t *dst, const weight_t *src) {
+  (void)be;
+  if (src->gen.on) {
+    log_error("cpu backend: this dummy model's weights were left for a GPU to generate; load it for the CPU");
+    return STRATA_EUNSUPPORTED;
+  }
   *dst = *src;
   return 0;
 }

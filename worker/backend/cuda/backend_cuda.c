@@ -288,6 +288,8 @@ static int weight_dtype_ok(const weight_t *src) {
 static int upload_weight(backend_t *be, void *p, dtype_t dt, const weight_t *src) {
   dtype_t st = src->dtype;
   int64_t n = src->rows * src->cols;
+  if (src->gen.on) /* a dummy matrix: made in place, the values the host loader would have made */
+    return cuda_dummy_fill(p, dt, st, src->gen.seed, src->gen.tensor, src->gen.scale, n, ctx_of(be)->stream);
   int rc = stage_init(be);
   if (!rc && dtype_is_quant(st)) {
     int64_t rows_per = (int64_t)(STAGE_BYTES / ((size_t)src->cols * 4));
@@ -341,7 +343,8 @@ static int cuda_weight_prepare_cat(backend_t *be, weight_t *dst, const weight_t 
   int64_t rows = 0, cols = 0;
   for (int i = 0; i < n; i++) {
     const weight_t *s = srcs[i];
-    if (!s->data || (vec && s->rows != 1) || (!vec && s->cols != srcs[0]->cols)) return STRATA_EUNSUPPORTED;
+    if ((!s->data && !s->gen.on) || (vec && s->rows != 1) || (!vec && s->cols != srcs[0]->cols))
+      return STRATA_EUNSUPPORTED;
     if (!weight_dtype_ok(s)) return STRATA_EUNSUPPORTED;
     rows += s->rows;
     cols += s->cols;
