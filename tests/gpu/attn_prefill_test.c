@@ -26,6 +26,7 @@ int cuda_attention_prefill(void *out, const void *q, const cuda_kv_t *kv, int la
 #define MAXS 8
 
 static int n_pass, n_fail;
+static int g_dead; /* a CUDA call failed (CK): the remaining cases cannot run */
 static uint64_t rng = 0x243f6a8885a308d3ull;
 
 static float frand(void) { /* uniform in [-1, 1) */
@@ -43,7 +44,8 @@ static float from16(dtype_t t, uint16_t h) { return t == DTYPE_BF16 ? bf16_to_f3
     cudaError_t e_ = (call);                                                         \
     if (e_ != cudaSuccess) {                                                         \
       printf("FAIL %s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-      exit(1);                                                                       \
+      n_fail++, g_dead = 1; /* the device is unusable: main stops at its next check */    \
+      return;                                                                        \
     }                                                                                \
   } while (0)
 
@@ -215,7 +217,7 @@ static void check_refusals(void) {
 
 static float ms_of(cudaEvent_t e0, cudaEvent_t e1) {
   float ms = 0;
-  CK(cudaEventElapsedTime(&ms, e0, e1));
+  if (cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess) n_fail++, g_dead = 1;
   return ms;
 }
 
@@ -224,6 +226,7 @@ static float ms_of(cudaEvent_t e0, cudaEvent_t e1) {
 static void time_case(const case_t *c) {
   batch_t b;
   batch_make(&b, c);
+  if (g_dead) return;
   double pairs = 0;
   for (int t = 0; t < b.T; t++) pairs += b.pos[t] + 1;
   const double flop = 4.0 * pairs * c->D * c->H;
@@ -307,11 +310,13 @@ int main(void) {
   for (size_t i = quick ? 1 : 0; i < sizeof cases / sizeof cases[0]; i++) {
     batch_t b;
     batch_make(&b, &cases[i]);
+    if (g_dead) return 1;
     int *zero = calloc(b.T, sizeof(int));
     float *ref = references(&b, &cases[i], zero);
-    for (int v = 0; v < 6; v++) run_case(&cases[i], variants[v], &b, ref, zero);
+    for (int v = 0; v < 6 && !g_dead; v++) run_case(&cases[i], variants[v], &b, ref, zero);
     free(ref), free(zero);
     batch_free(&b);
+    if (g_dead) return 1;
   }
   check_refusals();
   printf("attn_prefill: %d passed, %d failed\n", n_pass, n_fail);
@@ -324,6 +329,6 @@ int main(void) {
       {"chunk 512 at 1536, Llama-3-8B", 128, 32, 8, 16, 1, {512}, {1536}, -1, 0, 1, DTYPE_BF16},
       {"prefill 2048 causal, D64 H32 Hkv4", 64, 32, 4, 16, 1, {2048}, {0}, -1, 0, 1, DTYPE_BF16},
   };
-  for (size_t i = 0; i < sizeof timed / sizeof timed[0]; i++) time_case(&timed[i]);
+  for (size_t i = 0; i < sizeof timed / sizeof timed[0] && !g_dead; i++) time_case(&timed[i]);
   return n_fail ? 1 : 0;
 }

@@ -27,7 +27,7 @@
     cudaError_t e_ = (call);                                                            \
     if (e_ != cudaSuccess) {                                                            \
       fprintf(stderr, "gemv_bench: %s: %s (line %d)\n", #call, cudaGetErrorString(e_), __LINE__); \
-      exit(1);                                                                          \
+      return 1; /* only main uses CK */                                                 \
     }                                                                                   \
   } while (0)
 
@@ -35,7 +35,7 @@ static uint64_t g_s = 0x2545f4914f6cdd1dull;
 
 static uint16_t *rand_bf16(size_t n, float scale) {
   uint16_t *h = malloc(n * 2);
-  if (!h) exit(1);
+  if (!h) return NULL;
   for (size_t i = 0; i < n; i++) {
     g_s = g_s * 6364136223846793005ull + 1442695040888963407ull;
     h[i] = f32_to_bf16(((float)(g_s >> 40) / (float)(1 << 24) * 2.0f - 1.0f) * scale);
@@ -98,12 +98,14 @@ static void bench_gemm(void) {
     setenv("STRATA_CUDA_GEMM_TUNE", tune ? "1" : "0", 1);
     if (backend_create(&be, "cuda", 0, DTYPE_BF16) != 0) return;
     uint16_t *xh = rand_bf16((size_t)2048 * 14336, 1.0f);
+    if (!xh) return;
     void *x = be->ops->alloc(be, (size_t)2048 * 14336 * 2), *out = be->ops->alloc(be, (size_t)2048 * 28672 * 2);
     be->ops->upload(be, x, xh, (size_t)2048 * 14336 * 2);
     free(xh);
     for (int si = 0; si < 4; si++) {
       const int N = shapes[si][0], K = shapes[si][1];
       uint16_t *wh = rand_bf16((size_t)N * K, 0.05f);
+      if (!wh) return;
       weight_t w = {.data = be->ops->alloc(be, (size_t)N * K * 2), .dtype = DTYPE_BF16, .rows = N, .cols = K};
       be->ops->upload(be, (void *)w.data, wh, (size_t)N * K * 2);
       free(wh);
@@ -165,8 +167,12 @@ int main(void) {
     /* sw: X is a gate|up row (T, 2K); the reference input HH = bf16(silu(gate) * up), as the GPU rounds it */
     uint16_t *wh = rand_bf16((size_t)N * K, 0.05f), *xh = rand_bf16((size_t)2 * 2 * K, sw ? 4.0f : 1.0f);
     uint16_t *oh = malloc((size_t)2 * N * 2), *hh = xh;
+    if (!wh || !xh || !oh) {
+      fprintf(stderr, "gemv_bench: out of host memory\n");
+      return 1;
+    }
     if (sw) {
-      hh = malloc((size_t)2 * K * 2);
+      if (!(hh = malloc((size_t)2 * K * 2))) return 1;
       for (int t = 0; t < 2; t++)
         for (int k = 0; k < K; k++) {
           float g = bf16_to_f32(xh[(size_t)t * 2 * K + k]), u = bf16_to_f32(xh[(size_t)t * 2 * K + K + k]);
