@@ -35,25 +35,7 @@ body() { # body I STREAM
   printf '{"model":"%s","prompt":"Once upon a time, child %d","max_tokens":%d,"temperature":0,"ignore_eos":true,"stream":%s}' \
     "$NAME" "$1" "$MAX_TOKENS" "$2"
 }
-# SSE -> text: the concatenated deltas; fails loudly on an error event or a missing [DONE]
-sse_text() {
-  python3 - "$1" <<'PY'
-import json, sys
-text, done = [], False
-for line in open(sys.argv[1], encoding="utf-8"):
-    line = line.strip()
-    if not line.startswith("data: "): continue
-    data = line[6:]
-    if data == "[DONE]": done = True; continue
-    ev = json.loads(data)
-    if "error" in ev: sys.exit("error event: " + data)
-    for ch in ev["choices"]:
-        text.append(ch.get("text") or "")
-        if ch.get("finish_reason") not in (None, "length"): sys.exit("finish_reason " + str(ch["finish_reason"]))
-if not done: sys.exit("no [DONE]")
-sys.stdout.write("".join(text))
-PY
-}
+. "$(dirname "$0")/sse_util.sh" # sse_text
 
 wait_all() { for _ in $(seq 1 600); do jobs -r | grep -q . || return 0; sleep 0.1; done; return 1; }
 # the undisturbed run (whole responses, all at once: the kernels are batch-invariant)

@@ -51,24 +51,7 @@ body() { # body I STREAM
   printf '{"model":"%s","prompt":"Once upon a time, hung %d","max_tokens":%d,"temperature":0,"ignore_eos":true,"stream":%s}' \
     "$NAME" "$1" "$MAX_TOKENS" "$2"
 }
-sse_text() { # SSE -> the concatenated text; fails on an error event, a bad finish_reason or a missing [DONE]
-  python3 - "$1" <<'PY'
-import json, sys
-text, done = [], False
-for line in open(sys.argv[1], encoding="utf-8"):
-    line = line.strip()
-    if not line.startswith("data: "): continue
-    data = line[6:]
-    if data == "[DONE]": done = True; continue
-    ev = json.loads(data)
-    if "error" in ev: sys.exit("error event: " + data)
-    for ch in ev["choices"]:
-        text.append(ch.get("text") or "")
-        if ch.get("finish_reason") not in (None, "length"): sys.exit("finish_reason " + str(ch["finish_reason"]))
-if not done: sys.exit("no [DONE]")
-sys.stdout.write("".join(text))
-PY
-}
+. "$(dirname "$0")/sse_util.sh" # sse_text
 wait_all() { for _ in $(seq 1 $(($1 * 10))); do jobs -r | grep -q . || return 0; sleep 0.1; done; return 1; }
 for i in $(seq 1 $N); do curl -s --max-time 120 "$URL/v1/completions" -d "$(body "$i" false)" >"$TMP/want.$i.json" & done
 wait_all 90 || fail "the undisturbed run did not finish in 90 s"
