@@ -16,6 +16,7 @@ typedef struct {
   int32_t *kv_len;                              /* (max_seqs) */
   int32_t *block_table;                         /* (max_seqs, max_blocks) */
   int32_t *logit_rows;                          /* (max_seqs) */
+  be_sample_t *sample;                          /* (max_seqs) sampling parameters of the logit rows */
   int max_tokens, max_seqs, max_blocks;
 } runner_batch_t;
 

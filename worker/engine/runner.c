@@ -20,8 +20,9 @@ int runner_init(runner_batch_t *rb, int max_tokens, int max_seqs, int max_blocks
   rb->kv_len = malloc(4 * S);
   rb->block_table = malloc(4 * S * (size_t)max_blocks);
   rb->logit_rows = malloc(4 * S);
+  rb->sample = malloc(sizeof *rb->sample * S);
   if (!rb->tokens || !rb->positions || !rb->slots || !rb->seq_of || !rb->q_start || !rb->kv_len ||
-      !rb->block_table || !rb->logit_rows) {
+      !rb->block_table || !rb->logit_rows || !rb->sample) {
     runner_deinit(rb);
     return STRATA_ENOMEM;
   }
@@ -37,6 +38,7 @@ void runner_deinit(runner_batch_t *rb) {
   free(rb->kv_len);
   free(rb->block_table);
   free(rb->logit_rows);
+  free(rb->sample);
   memset(rb, 0, sizeof *rb);
 }
 
@@ -150,15 +152,10 @@ static int step_mode(const engine_t *e, const sched_out_t *so) {
 
 /* run_on_device: the forward pass with the tokens drawn on the backend (MODE RUN_ARGMAX or RUN_SAMPLE). */
 static int run_on_device(engine_t *e, const sched_out_t *so, const be_batch_t *b, int mode) {
-  be_sample_t *p = NULL;
   int rc;
   if (mode == RUN_SAMPLE) {
-    /* NOTE: a step's rows are few (max_num_seqs at most); one small allocation per step is noise */
-    p = calloc((size_t)b->n_logits, sizeof *p); /* rows past the real ones (padding) stay greedy */
-    if (!p) {
-      log_error("runner: out of memory for %d sampling parameter sets", b->n_logits);
-      return STRATA_ENOMEM;
-    }
+    be_sample_t *p = e->rb.sample;
+    memset(p, 0, sizeof *p * (size_t)b->n_logits); /* rows past the real ones (padding) stay greedy */
     for (int i = 0, j = 0; i < so->n_items; i++) {
       if (!so->items[i].sample) continue;
       const req_t *r = so->items[i].req;
@@ -169,7 +166,6 @@ static int run_on_device(engine_t *e, const sched_out_t *so, const be_batch_t *b
   } else {
     rc = fwd_run_argmax(&e->fwd, b);
   }
-  free(p);
   if (rc) {
     log_error("forward pass failed on %s: %s", e->be->device, strata_strerror(rc));
     return rc;
