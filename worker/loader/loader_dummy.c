@@ -65,10 +65,6 @@ int ld_dummy_config(const char *preset, int dtype, model_cfg_t *c) {
   return 0;
 }
 
-float ld_dummy_value(uint64_t seed, uint64_t tensor, uint64_t elem) {
-  return dummy_value(dummy_tensor_key(seed, tensor), elem);
-}
-
 /* One thread's share of a tensor fill: elements [begin, end). */
 typedef struct {
   void *dst;

@@ -85,8 +85,5 @@ int ld_load_dummy(model_t *m, const char *preset, const model_load_opts_t *opts)
  * STRATA_EUNSUPPORTED (dtype other than f32/f16/bf16, not logged). */
 int ld_dummy_config(const char *preset, int dtype, model_cfg_t *cfg);
 
-/* ld_dummy_value: the dummy generator: a uniform value in [-1, 1) from (seed, tensor, element), a
- * counter-based hash (splitmix64 finalizer), so any device can regenerate the same weights. */
-float ld_dummy_value(uint64_t seed, uint64_t tensor, uint64_t elem);
 
 #endif
