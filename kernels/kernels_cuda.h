@@ -40,6 +40,12 @@ int cuda_convert(void *out, dtype_t dtype, const void *src, dtype_t stype, int64
 int cuda_dummy_fill(void *out, dtype_t dtype, dtype_t stype, uint64_t seed, uint64_t tensor, float scale, int64_t n,
                     cudaStream_t stream);
 
+/* cuda_set_launch_carveout: the preferred split of each multiprocessor's L1 and shared memory (PCT percent
+ * shared, 0..100; -1: the driver's choice) for the kernels this thread launches from now on (the GEMV, norms,
+ * RoPE, decode attention, argmax). A multiprocessor runs blocks of consecutive kernels side by side (with
+ * programmatic dependent launch) only while they agree on it. */
+void cuda_set_launch_carveout(int pct);
+
 /* out(T,C) = emb[ids[t]], emb (V,C) in ACT. An id outside [0,V) gives a zero row. */
 int cuda_embed(void *out, const void *emb, int64_t V, int C, const int32_t *ids, int T, dtype_t act,
                cudaStream_t stream);

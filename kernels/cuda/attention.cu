@@ -554,6 +554,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
   const int nb = (n + B - 1) / B, nbc = min(nb, max_blocks);
   const int id0 = tid < nbc ? bt[tid] : 0;
   const int p0 = split * chunk, p1 = min(min(n, p0 + chunk), max_blocks * B);
+  // dependent launch: the indices above are the step's batch; q and the newest K/V come from the kernel before
+  pdl_trigger();
+  pdl_wait();
   // the queries as A fragments: row gr = head gr of the group (zero from G on), k-step kk
   const T *qr = q + ((size_t)t * H + (size_t)g * G + (gr < G ? gr : 0)) * D;
   uint32_t qa[KS][2];
@@ -685,6 +688,8 @@ template <typename T>
 __global__ void __launch_bounds__(DEC_WARPS * 32)
     attention_dec_merge_kernel(T *out, const float *part, int Hkv, int H, int D, int nsplit) {
   extern __shared__ float4 smem4[];
+  pdl_trigger();
+  pdl_wait();
   const int G = H / Hkv, pst = dec_pstride(G, D);
   T *ob = out + ((size_t)(blockIdx.x / Hkv) * H + (size_t)(blockIdx.x % Hkv) * G) * D;
   dec_merge<T>(ob, part + (size_t)blockIdx.x * nsplit * pst, G, D, nsplit, pst, (float *)smem4, threadIdx.x,
@@ -779,13 +784,14 @@ static cudaError_t dec_launch(T *out, const T *q, const cuda_kv_t *kv, int layer
   while (bshift < 30 && (1 << bshift) < kv->block_size) bshift++;
   if ((1 << bshift) != kv->block_size) bshift = -1;
   dim3 grid((unsigned)((int64_t)T_ * Hkv), (unsigned)ns);
-  attention_dec_kernel<T, D><<<grid, DEC_WARPS * 32, dec_cfg<D>::smem(nst), stream>>>(
-      out, ns > 1 ? w->part : NULL, q, (const T *)kv->data, kv->n_blocks, kv->n_layers, Hkv, kv->block_size, layer,
-      positions, seq_of, block_table, max_blocks, H, scale * 1.44269504f, chunk, nst, bshift, fused);
-  if (ns > 1 && !fused)
-    attention_dec_merge_kernel<T><<<grid.x, DEC_WARPS * 32, sizeof(float) * G * (ns + 1), stream>>>(out, w->part, Hkv,
-                                                                                                   H, D, ns);
-  return cudaSuccess;
+  e = pdl_launch(attention_dec_kernel<T, D>, grid, dim3(DEC_WARPS * 32), dec_cfg<D>::smem(nst), stream, 1, out,
+                 ns > 1 ? w->part : (float *)NULL, q, (const T *)kv->data, kv->n_blocks, kv->n_layers, Hkv,
+                 kv->block_size, layer, positions, seq_of, block_table, max_blocks, H, scale * 1.44269504f, chunk, nst,
+                 bshift, (int)fused);
+  if (e == cudaSuccess && ns > 1 && !fused)
+    e = pdl_launch(attention_dec_merge_kernel<T>, dim3(grid.x), dim3(DEC_WARPS * 32), sizeof(float) * G * (ns + 1),
+                   stream, 1, out, (const float *)w->part, Hkv, H, D, ns);
+  return e;
 }
 
 // ---- prefill on tensor cores (WMMA m16n16k16, 16-bit inputs, f32 accumulation): block (64 consecutive

@@ -6,6 +6,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 extern "C" {
 #include "common/dtype.h"
@@ -64,6 +66,14 @@ static inline int launched(const char *what) {
   return STRATA_EIO;
 }
 
+// launch_status: launched() for a launch that returned E (cudaLaunchKernelEx)
+static inline int launch_status(cudaError_t e, const char *what) {
+  if (e == cudaSuccess) return launched(what);
+  cudaGetLastError();
+  log_error("cuda %s: launch failed: %s", what, cudaGetErrorString(e));
+  return STRATA_EIO;
+}
+
 static inline unsigned grid_for(int64_t n, int threads) {
   int64_t b = (n + threads - 1) / threads;
   return (unsigned)(b > (1 << 30) ? (1 << 30) : b);
@@ -72,6 +82,68 @@ static inline unsigned grid_for(int64_t n, int threads) {
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
+}
+
+
+// ---- programmatic dependent launch (sm_90). A kernel launched with pdl_launch may start while the kernel
+// before it in the stream still runs, once every block of that one has called pdl_trigger (or exited). It must
+// call pdl_wait, in every thread, before it reads that kernel's results or writes memory anything before it
+// reads; before the wait it may only read what was ready before the previous kernel started (weights, the
+// step's batch arrays). Since every kernel launched so waits, one kernel's completion implies all earlier
+// ones'. pdl_trigger never changes what a kernel computes: the dependent's pdl_wait still waits for the whole
+// grid and its memory. On older devices both are no-ops and launches are plain. ----
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// pdl_ok: programmatic dependent launch needs sm_90; STRATA_CUDA_PDL=0 turns it off (read once per file).
+static inline int pdl_ok(void) {
+  static int ok = -1;
+  if (ok < 0) {
+    int dev = 0, major = 0;
+    const char *e = getenv("STRATA_CUDA_PDL");
+    ok = cudaGetDevice(&dev) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 &&
+         !(e && strcmp(e, "0") == 0);
+    cudaGetLastError();
+  }
+  return ok;
+}
+
+// The preferred shared-memory carveout (percent) of the launches this thread makes through pdl_launch; -1: the
+// driver's choice (see cuda_set_launch_carveout in kernels_cuda.h).
+extern thread_local int cuda_launch_carveout;
+
+// pdl_launch: KERNEL<<<GRID, BLOCK, SMEM, S>>>(ARGS...), with programmatic dependent launch when PDL and
+// pdl_ok() (the kernel must then follow the rules above), and this thread's carveout.
+template <typename... KArgs, typename... Args>
+static cudaError_t pdl_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, int pdl,
+                              Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute at[2];
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cfg.attrs = at;
+  if (pdl && pdl_ok()) {
+    at[cfg.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[cfg.numAttrs++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cuda_launch_carveout >= 0) {
+    at[cfg.numAttrs].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
+    at[cfg.numAttrs++].val.sharedMemCarveout = (unsigned)cuda_launch_carveout;
+  }
+  return cudaLaunchKernelEx(&cfg, kernel, ((KArgs)args)...);
 }
 
 #endif

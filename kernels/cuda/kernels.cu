@@ -14,6 +14,12 @@ extern "C" int cuda_device_count(void) {
   return n;
 }
 
+// ---- launch configuration shared by every kernel file ----
+
+thread_local int cuda_launch_carveout = -1;
+
+extern "C" void cuda_set_launch_carveout(int pct) { cuda_launch_carveout = pct < 0 ? -1 : pct > 100 ? 100 : pct; }
+
 // ---- conversion ----
 
 template <typename D, typename S> __global__ void convert_kernel(D *out, const S *src, int64_t n) {
@@ -82,6 +88,8 @@ extern "C" int cuda_convert(void *out, dtype_t dtype, const void *src, dtype_t s
 
 template <typename T> __global__ void embed_kernel(T *out, const T *emb, int64_t V, int C, const int32_t *ids) {
   int t = blockIdx.x;
+  pdl_trigger();
+  pdl_wait();  // the ids may have been patched on the device (tokens drawn by the previous step)
   int64_t id = ids[t];
   T *o = out + (size_t)t * C;
   if (id < 0 || id >= V) {
@@ -95,25 +103,10 @@ template <typename T> __global__ void embed_kernel(T *out, const T *emb, int64_t
 extern "C" int cuda_embed(void *out, const void *emb, int64_t V, int C, const int32_t *ids, int T_, dtype_t act,
                           cudaStream_t stream) {
   if (T_ <= 0) return 0;
-  DISPATCH_ACT(act, embed_kernel<T><<<T_, 256, 0, stream>>>((T *)out, (const T *)emb, V, C, ids));
-  return launched("embed");
-}
-
-// ---- programmatic dependent launch (sm_90): a kernel launched with the attribute (our GEMV) may start while
-// the kernel before it still runs, once every block of that one has called pdl_trigger (or exited); it must
-// call pdl_wait before it reads that kernel's results or writes anything. pdl_trigger never changes what a
-// kernel computes: the dependent's pdl_wait still waits for the whole grid and its memory. ----
-
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
+  cudaError_t e = cudaSuccess;
+  DISPATCH_ACT(act, e = pdl_launch(embed_kernel<T>, dim3(T_), dim3(256), 0, stream, 1, (T *)out, (const T *)emb, V,
+                                   C, ids));
+  return launch_status(e, "embed");
 }
 
 // ---- RMSNorm (one block per row) ----
@@ -134,6 +127,7 @@ template <typename T, bool ADD>
 __global__ void rmsnorm_kernel(T *out, T *res, const T *x, const float *w, int C, float eps) {
   __shared__ float red[32];
   pdl_trigger();  // the GEMV that follows may start streaming its weights
+  pdl_wait();
   size_t row = blockIdx.x;
   const T *xr = x + row * C;
   T *rr = ADD ? res + row * C : NULL;
@@ -157,49 +151,52 @@ static int norm_threads(int C) { return C >= 1024 ? 1024 : C >= 256 ? 256 : 32 *
 extern "C" int cuda_rmsnorm(void *out, const void *x, const float *w, int rows, int C, float eps, dtype_t act,
                             cudaStream_t stream) {
   if (rows <= 0) return 0;
-  DISPATCH_ACT(act, rmsnorm_kernel<T, false><<<rows, norm_threads(C), 0, stream>>>((T *)out, NULL, (const T *)x,
-                                                                                     w, C, eps));
-  return launched("rmsnorm");
+  cudaError_t e = cudaSuccess;
+  DISPATCH_ACT(act, e = pdl_launch(rmsnorm_kernel<T, false>, dim3(rows), dim3(norm_threads(C)), 0, stream, 1,
+                                   (T *)out, (T *)NULL, (const T *)x, w, C, eps));
+  return launch_status(e, "rmsnorm");
 }
 
 extern "C" int cuda_add_rmsnorm(void *out, void *residual, const void *x, const float *w, int rows, int C, float eps,
                                 dtype_t act, cudaStream_t stream) {
   if (rows <= 0) return 0;
-  DISPATCH_ACT(act, rmsnorm_kernel<T, true><<<rows, norm_threads(C), 0, stream>>>((T *)out, (T *)residual,
-                                                                                    (const T *)x, w, C, eps));
-  return launched("add_rmsnorm");
+  cudaError_t e = cudaSuccess;
+  DISPATCH_ACT(act, e = pdl_launch(rmsnorm_kernel<T, true>, dim3(rows), dim3(norm_threads(C)), 0, stream, 1,
+                                   (T *)out, (T *)residual, (const T *)x, w, C, eps));
+  return launch_status(e, "add_rmsnorm");
 }
 
 // ---- GEMV for a few tokens: one warp per output feature, 16-byte streaming loads of W, U of them in flight
 // per lane, NT tokens sharing each load of W, no atomics. Version 2 (the default) keeps 16 loads in flight
 // for T <= 2 and is launched with programmatic dependent launch (sm_90): its blocks start while the previous
 // kernel drains, issue their first weight loads (weights never depend on the previous kernel), and only
-// then wait for the previous kernel's results (griddepcontrol.wait) before reading x or writing out. So the
-// ramp of each matrix's stream overlaps the tail of the kernel before it. ----
+// then wait for the previous kernel's results (pdl_wait) before reading x or writing out. So the ramp of
+// each matrix's stream overlaps the tail of the kernel before it. ----
 
 #define GEMV_WARPS 4
 
-template <typename T, int NT, int U>
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
-    gemv_kernel(T *out, const T *x, const T *w, int N, int K, const float *bias) {
-  constexpr int E = 16 / sizeof(T);  // elements per 16-byte load
-  int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-  const int kv = (K % E == 0) ? K : 0;  // the vector part (W rows and X rows are 16-byte aligned when K % E == 0)
-  const T *wr = w + (size_t)(n < N ? n : 0) * K;
-  pdl_trigger();
-  uint4 wv[U];
-  int k0 = lane * E;
+// gemv_prefetch: a lane's first U 16-byte loads of weight row WR (zeros past KV, or when !VALID)
+template <typename T, int U>
+__device__ __forceinline__ void gemv_prefetch(uint4 (&wv)[U], const T *wr, int kv, int lane, bool valid) {
+  constexpr int E = 16 / sizeof(T);
 #pragma unroll
-  for (int u = 0; u < U; u++) {  // the first loads of W: independent of the previous kernel
-    int k = k0 + u * 32 * E;
-    wv[u] = k < kv && n < N ? __ldcs((const uint4 *)(wr + k)) : make_uint4(0, 0, 0, 0);
+  for (int u = 0; u < U; u++) {
+    int k = lane * E + u * 32 * E;
+    wv[u] = valid && k < kv ? __ldcs((const uint4 *)(wr + k)) : make_uint4(0, 0, 0, 0);
   }
-  pdl_wait();
-  if (n >= N) return;
-  float acc[NT];
+}
+
+// gemv_row: a warp's dot products of weight row WR (K elements, the lane's first U loads already in WV) with
+// the NT rows of X (LDX elements apart; shared memory when XS, else global through the read-only path). ACC[t]
+// gets the lane's partial sum, its slice of K added in a fixed order whatever the variant (so every variant
+// gives the same bits). KV: the 16-byte vector part of K (K, or 0 when rows are not 16-byte aligned).
+template <typename T, int NT, int U, bool XS>
+__device__ __forceinline__ void gemv_row(float (&acc)[NT], uint4 (&wv)[U], const T *wr, const T *x, size_t ldx,
+                                         int K, int kv, int lane) {
+  constexpr int E = 16 / sizeof(T);
 #pragma unroll
   for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-  for (;;) {
+  for (int k0 = lane * E; k0 < kv;) {
 #pragma unroll
     for (int u = 0; u < U; u++) {
       int k = k0 + u * 32 * E;
@@ -210,7 +207,8 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
       for (int e = 0; e < E; e++) wf[e] = ld(&we[e]);
 #pragma unroll
       for (int t = 0; t < NT; t++) {
-        uint4 xv = __ldg((const uint4 *)(x + (size_t)t * K + k));
+        const uint4 *xp = (const uint4 *)(x + (size_t)t * ldx + k);
+        uint4 xv = XS ? *xp : __ldg(xp);
         const T *xe = (const T *)&xv;
 #pragma unroll
         for (int e = 0; e < E; e++) acc[t] += wf[e] * ld(&xe[e]);
@@ -227,8 +225,13 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
   for (int k = kv + lane; k < K; k += 32) {  // K not a multiple of E: scalar path
     float wf = ld(&wr[k]);
 #pragma unroll
-    for (int t = 0; t < NT; t++) acc[t] += wf * ld(&x[(size_t)t * K + k]);
+    for (int t = 0; t < NT; t++) acc[t] += wf * ld(&x[(size_t)t * ldx + k]);
   }
+}
+
+// gemv_store: out[t, n] = the warp's sum + bias
+template <typename T, int NT>
+__device__ __forceinline__ void gemv_store(T *out, float (&acc)[NT], int n, int N, const float *bias, int lane) {
 #pragma unroll
   for (int t = 0; t < NT; t++) {
     float s = warp_sum(acc[t]);
@@ -236,35 +239,21 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
   }
 }
 
-// pdl_ok: programmatic dependent launch needs sm_90; STRATA_CUDA_PDL=0 turns it off (read once).
-static int pdl_ok(void) {
-  static int ok = -1;
-  if (ok < 0) {
-    int dev = 0, major = 0;
-    const char *e = getenv("STRATA_CUDA_PDL");
-    ok = cudaGetDevice(&dev) == cudaSuccess &&
-         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 &&
-         !(e && strcmp(e, "0") == 0);
-    cudaGetLastError();
-  }
-  return ok;
-}
-
 template <typename T, int NT, int U>
-static cudaError_t gemv_go(T *out, const T *x, const T *w, int N, int K, const float *bias, int pdl, cudaStream_t s) {
-  unsigned g = (unsigned)((N + GEMV_WARPS - 1) / GEMV_WARPS);
-  cudaLaunchConfig_t cfg = {};
-  cudaLaunchAttribute at[1];
-  cfg.gridDim = dim3(g);
-  cfg.blockDim = dim3(GEMV_WARPS * 32);
-  cfg.stream = s;
-  if (pdl) {
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = 1;
-  }
-  return cudaLaunchKernelEx(&cfg, gemv_kernel<T, NT, U>, out, x, w, N, K, bias);
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+    gemv_kernel(T *out, const T *x, const T *w, int N, int K, const float *bias) {
+  constexpr int E = 16 / sizeof(T);
+  const int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  const int kv = (K % E == 0) ? K : 0;  // the vector part (W rows and X rows are 16-byte aligned when K % E == 0)
+  const T *wr = w + (size_t)(n < N ? n : 0) * K;
+  pdl_trigger();
+  uint4 wv[U];
+  gemv_prefetch<T, U>(wv, wr, kv, lane, n < N);  // independent of the previous kernel
+  pdl_wait();
+  if (n >= N) return;
+  float acc[NT];
+  gemv_row<T, NT, U, false>(acc, wv, wr, x, (size_t)K, K, kv, lane);
+  gemv_store<T, NT>(out, acc, n, N, bias, lane);
 }
 
 // impl 0: the first version (8 loads in flight, plain launch); 1: version 2 (see above); 2: version 2 without
@@ -272,12 +261,13 @@ static cudaError_t gemv_go(T *out, const T *x, const T *w, int N, int K, const f
 template <typename T>
 static cudaError_t gemv_launch(T *out, const T *x, const T *w, int N, int K, const float *bias, int nt, int impl,
                                cudaStream_t s) {
-  int pdl = (impl == 1 || impl == 3) && pdl_ok(), u8 = impl == 0 || impl == 3;
+  const int pdl = impl == 1 || impl == 3, u8 = impl == 0 || impl == 3;
+  const dim3 grid((unsigned)((N + GEMV_WARPS - 1) / GEMV_WARPS)), block(GEMV_WARPS * 32);
   switch (nt) {
-#define GEMV_CASE(n_, u_)                                                                      \
-  case n_:                                                                                     \
-    return u8 ? gemv_go<T, n_, 8>(out, x, w, N, K, bias, pdl, s)                               \
-              : gemv_go<T, n_, u_>(out, x, w, N, K, bias, pdl, s);
+#define GEMV_CASE(n_, u_)                                                                                   \
+  case n_:                                                                                                  \
+    return u8 ? pdl_launch(gemv_kernel<T, n_, 8>, grid, block, 0, s, pdl, out, x, w, N, K, bias)            \
+              : pdl_launch(gemv_kernel<T, n_, u_>, grid, block, 0, s, pdl, out, x, w, N, K, bias);
     GEMV_CASE(1, 16) GEMV_CASE(2, 16) GEMV_CASE(3, 8) GEMV_CASE(4, 8) GEMV_CASE(5, 8) GEMV_CASE(6, 8)
     GEMV_CASE(7, 8) GEMV_CASE(8, 8)
 #undef GEMV_CASE
@@ -294,12 +284,7 @@ extern "C" int cuda_gemv_impl(int impl, void *out, const void *x, const void *w,
   }
   cudaError_t e = cudaSuccess;
   DISPATCH_ACT(act, e = gemv_launch<T>((T *)out, (const T *)x, (const T *)w, N, K, bias, T_, impl, stream));
-  if (e != cudaSuccess) {
-    cudaGetLastError();
-    log_error("cuda gemv: launch failed: %s", cudaGetErrorString(e));
-    return STRATA_EIO;
-  }
-  return launched("gemv");
+  return launch_status(e, "gemv");
 }
 
 // gemv_pick: the version that measured fastest for the shape (tests/gpu/gemv_bench, H100, bf16, T 1 and 2,
@@ -328,101 +313,60 @@ extern "C" int cuda_gemv(void *out, const void *x, const void *w, int N, int K, 
 // Block of SWG_WARPS warps owns SWG_ROWS consecutive rows (each warp SWG_ROWS / SWG_WARPS of them, one after
 // the other). It issues its first weight loads, waits for the previous kernel (dependent launch), then
 // computes the F-vector silu(gate) * up once into shared memory, rounded to T exactly as silu_mul_cat stores
-// it (same expression), and streams its rows against it like the GEMV (16-byte loads, U in flight per lane,
-// each lane's slice of K summed in the same order as gemv_kernel, then a warp sum). So the result has the
-// same bits as silu_mul_cat followed by cuda_gemv, and the intermediate never touches device memory. ----
+// it (same expression), and streams its rows against it with gemv_row. So the result has the same bits as
+// silu_mul_cat followed by cuda_gemv, and the intermediate never touches device memory. ----
 
 #define SWG_WARPS 8
 #define SWG_ROWS 16
+
+// swiglu_prologue: xs(NT, FP) = silu(gu[:, :F]) * gu[:, F:] rounded to T, by every thread of the block
+template <typename T, int NT>
+__device__ void swiglu_prologue(T *xs, int fp, const T *gu, int F, int kv) {
+  constexpr int E = 16 / sizeof(T);
+  for (int t = 0; t < NT; t++) {
+    const T *g = gu + (size_t)t * 2 * F, *up = g + F;
+    T *xt = xs + (size_t)t * fp;
+    for (int k = threadIdx.x * E; k < kv; k += blockDim.x * E) {
+      uint4 gv = *(const uint4 *)(g + k), uv = *(const uint4 *)(up + k), ov;
+      const T *ge = (const T *)&gv, *ue = (const T *)&uv;
+      T *oe = (T *)&ov;
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        float a = ld(&ge[e]);
+        st(&oe[e], a / (1.0f + expf(-a)) * ld(&ue[e]));
+      }
+      *(uint4 *)(xt + k) = ov;
+    }
+    for (int k = kv + threadIdx.x; k < F; k += blockDim.x) {
+      float a = ld(&g[k]);
+      st(&xt[k], a / (1.0f + expf(-a)) * ld(&up[k]));
+    }
+  }
+  __syncthreads();
+}
 
 template <typename T, int NT, int U>
 __global__ void __launch_bounds__(SWG_WARPS * 32)
     gemv_swiglu_kernel(T *out, const T *gu, const T *w, int N, int F, int fp, int kv) {
   extern __shared__ uint4 swg_smem[];  // (NT, FP) elements of T, rows 16-byte aligned
   T *xs = (T *)swg_smem;
-  constexpr int E = 16 / sizeof(T);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;  // KV: F, or 0 when rows are not 16-byte aligned
   int n = blockIdx.x * SWG_ROWS + warp;
   pdl_trigger();
   uint4 wv[U];
   const T *wr = w + (size_t)(n < N ? n : 0) * F;
-#pragma unroll
-  for (int u = 0; u < U; u++) {  // the first loads of W: independent of the previous kernel
-    int k = lane * E + u * 32 * E;
-    wv[u] = k < kv && n < N ? __ldcs((const uint4 *)(wr + k)) : make_uint4(0, 0, 0, 0);
-  }
+  gemv_prefetch<T, U>(wv, wr, kv, lane, n < N);  // independent of the previous kernel
   pdl_wait();
-  for (int t = 0; t < NT; t++) {
-    const T *g = gu + (size_t)t * 2 * F, *up = g + F;
-    T *xt = xs + (size_t)t * fp;
-    if (kv) {
-      for (int k = threadIdx.x * E; k < F; k += blockDim.x * E) {
-        uint4 gv = *(const uint4 *)(g + k), uv = *(const uint4 *)(up + k), ov;
-        const T *ge = (const T *)&gv, *ue = (const T *)&uv;
-        T *oe = (T *)&ov;
-#pragma unroll
-        for (int e = 0; e < E; e++) {
-          float a = ld(&ge[e]);
-          st(&oe[e], a / (1.0f + expf(-a)) * ld(&ue[e]));
-        }
-        *(uint4 *)(xt + k) = ov;
-      }
-    } else {
-      for (int k = threadIdx.x; k < F; k += blockDim.x) {
-        float a = ld(&g[k]);
-        st(&xt[k], a / (1.0f + expf(-a)) * ld(&up[k]));
-      }
-    }
-  }
-  __syncthreads();
+  swiglu_prologue<T, NT>(xs, fp, gu, F, kv);
   for (int r = 0; r < SWG_ROWS / SWG_WARPS; r++, n += SWG_WARPS) {
     if (n >= N) return;  // no barrier below
     if (r > 0) {
       wr = w + (size_t)n * F;
-#pragma unroll
-      for (int u = 0; u < U; u++) {
-        int k = lane * E + u * 32 * E;
-        wv[u] = k < kv ? __ldcs((const uint4 *)(wr + k)) : make_uint4(0, 0, 0, 0);
-      }
+      gemv_prefetch<T, U>(wv, wr, kv, lane, true);
     }
     float acc[NT];
-#pragma unroll
-    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-    for (int k0 = lane * E; k0 < kv;) {
-#pragma unroll
-      for (int u = 0; u < U; u++) {
-        int k = k0 + u * 32 * E;
-        if (k >= kv) break;
-        const T *we = (const T *)&wv[u];
-        float wf[E];
-#pragma unroll
-        for (int e = 0; e < E; e++) wf[e] = ld(&we[e]);
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-          uint4 xv = *(const uint4 *)(xs + (size_t)t * fp + k);
-          const T *xe = (const T *)&xv;
-#pragma unroll
-          for (int e = 0; e < E; e++) acc[t] += wf[e] * ld(&xe[e]);
-        }
-      }
-      k0 += 32 * E * U;
-      if (k0 >= kv) break;
-#pragma unroll
-      for (int u = 0; u < U; u++) {
-        int k = k0 + u * 32 * E;
-        wv[u] = k < kv ? __ldcs((const uint4 *)(wr + k)) : make_uint4(0, 0, 0, 0);
-      }
-    }
-    for (int k = kv + lane; k < F; k += 32) {  // F not a multiple of E: scalar path
-      float wf = ld(&wr[k]);
-#pragma unroll
-      for (int t = 0; t < NT; t++) acc[t] += wf * ld(&xs[(size_t)t * fp + k]);
-    }
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-      float s = warp_sum(acc[t]);
-      if (lane == 0) st(&out[(size_t)t * N + n], s);
-    }
+    gemv_row<T, NT, U, true>(acc, wv, wr, xs, (size_t)fp, F, kv, lane);
+    gemv_store<T, NT>(out, acc, n, N, NULL, lane);
   }
 }
 
@@ -430,24 +374,13 @@ template <typename T, int NT, int U>
 static cudaError_t swiglu_go(T *out, const T *gu, const T *w, int N, int F, int fp, size_t smem, int pdl,
                              cudaStream_t s) {
   const int kv = F % (int)(16 / sizeof(T)) == 0 && ((uintptr_t)gu | (uintptr_t)w) % 16 == 0 ? F : 0;
-  cudaError_t e = cudaSuccess;
-  if (smem > 48 * 1024 &&
-      (e = cudaFuncSetAttribute(gemv_swiglu_kernel<T, NT, U>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                (int)smem)) != cudaSuccess)
-    return e;
-  cudaLaunchConfig_t cfg = {};
-  cudaLaunchAttribute at[1];
-  cfg.gridDim = dim3((unsigned)((N + SWG_ROWS - 1) / SWG_ROWS));
-  cfg.blockDim = dim3(SWG_WARPS * 32);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = s;
-  if (pdl) {
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = 1;
+  if (smem > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(gemv_swiglu_kernel<T, NT, U>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)smem);
+    if (e != cudaSuccess) return e;
   }
-  return cudaLaunchKernelEx(&cfg, gemv_swiglu_kernel<T, NT, U>, out, gu, w, N, F, fp, kv);
+  return pdl_launch(gemv_swiglu_kernel<T, NT, U>, dim3((unsigned)((N + SWG_ROWS - 1) / SWG_ROWS)),
+                    dim3(SWG_WARPS * 32), smem, s, pdl, out, gu, w, N, F, fp, kv);
 }
 
 // swiglu_smem_max: the shared memory one block may use on the current device (opt-in limit), read once
@@ -472,12 +405,9 @@ extern "C" int cuda_gemv_swiglu_impl(int pdl, void *out, const void *gu, const v
   const int e16 = (int)(16 / es), fp = (F + e16 - 1) / e16 * e16;
   const size_t smem = (size_t)T_ * fp * es;
   if (smem > swiglu_smem_max()) return STRATA_EUNSUPPORTED;
-  pdl = pdl && pdl_ok();
   cudaError_t e = cudaSuccess;
-  DISPATCH_ACT(act, e = T_ == 1 ? swiglu_go<T, 1, 16>((T *)out, (const T *)gu, (const T *)w, N, F, fp, smem, pdl,
-                                                      stream)
-                                : swiglu_go<T, 2, 16>((T *)out, (const T *)gu, (const T *)w, N, F, fp, smem, pdl,
-                                                      stream));
+  DISPATCH_ACT(act, e = T_ == 1 ? swiglu_go<T, 1, 16>((T *)out, (const T *)gu, (const T *)w, N, F, fp, smem, pdl, stream)
+                                : swiglu_go<T, 2, 16>((T *)out, (const T *)gu, (const T *)w, N, F, fp, smem, pdl, stream));
   if (e != cudaSuccess) {
     cudaGetLastError();
     log_error("cuda gemv_swiglu: launch failed (T %d, N %d, F %d): %s", T_, N, F, cudaGetErrorString(e));
@@ -492,6 +422,8 @@ extern "C" int cuda_gemv_swiglu(void *out, const void *gu, const void *w, int N,
 }
 
 template <typename T> __global__ void bias_kernel(T *out, const float *bias, int64_t n, int N) {
+  pdl_trigger();
+  pdl_wait();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
     st(&out[i], ld(&out[i]) + bias[i % N]);
 }
@@ -499,8 +431,10 @@ template <typename T> __global__ void bias_kernel(T *out, const float *bias, int
 extern "C" int cuda_add_bias(void *out, const float *bias, int T_, int N, dtype_t act, cudaStream_t stream) {
   int64_t n = (int64_t)T_ * N;
   if (n <= 0) return 0;
-  DISPATCH_ACT(act, bias_kernel<T><<<grid_for(n, 256), 256, 0, stream>>>((T *)out, bias, n, N));
-  return launched("add_bias");
+  cudaError_t e = cudaSuccess;
+  DISPATCH_ACT(act, e = pdl_launch(bias_kernel<T>, dim3(grid_for(n, 256)), dim3(256), 0, stream, 1, (T *)out, bias,
+                                   n, N));
+  return launch_status(e, "add_bias");
 }
 
 // ---- RoPE + paged KV write: block (token, head) over the query heads then the KV heads; thread i owns
@@ -511,6 +445,8 @@ __global__ void rope_kv_kernel(T *q, T *k, const T *v, T *cache, int n_blocks, i
                                int layer, const int32_t *positions, const int32_t *slots, int H, int style,
                                const float *inv_freq) {
   int t = blockIdx.x, h = blockIdx.y, half = D / 2;
+  pdl_trigger();
+  pdl_wait();
   int64_t slot = slots[t];
   bool write = h >= H && slot >= 0 && slot < (int64_t)n_blocks * B;
   size_t head_elems = (size_t)B * D;
@@ -549,11 +485,11 @@ extern "C" int cuda_rope_kv_write(void *q, void *k, const void *v, cuda_kv_t *kv
   }
   int half = kv->head_dim / 2, threads = half < 128 ? 32 * ((half + 31) / 32) : 128;
   dim3 grid((unsigned)T_, (unsigned)(H + kv->n_kv_heads));
-  DISPATCH_ACT(kv->dtype, rope_kv_kernel<T><<<grid, threads, 0, stream>>>(
-                              (T *)q, (T *)k, (const T *)v, (T *)kv->data, kv->n_blocks, kv->n_layers,
-                              kv->n_kv_heads, kv->block_size, kv->head_dim, layer, positions, slots, H, style,
-                              inv_freq));
-  return launched("rope_kv_write");
+  cudaError_t e = cudaSuccess;
+  DISPATCH_ACT(kv->dtype, e = pdl_launch(rope_kv_kernel<T>, grid, dim3(threads), 0, stream, 1, (T *)q, (T *)k,
+                                         (const T *)v, (T *)kv->data, kv->n_blocks, kv->n_layers, kv->n_kv_heads,
+                                         kv->block_size, kv->head_dim, layer, positions, slots, H, style, inv_freq));
+  return launch_status(e, "rope_kv_write");
 }
 
 // ---- RoPE + paged KV write from a fused q|k|v row (stride LD): block (token, head) as above; Qwen3's
@@ -567,7 +503,12 @@ __global__ void rope_qkv_kernel(T *q_out, const T *qkv, int ldq, const float *q_
   __shared__ float red[32];
   int t = blockIdx.x, h = blockIdx.y, half = D / 2;
   bool is_q = h < H;
+  pdl_trigger();
+  // the angles of this thread's first pair: positions are the step's batch, ready before the previous kernel
+  double sn0 = 0.0, cs0 = 1.0;
+  if ((int)threadIdx.x < half) sincos((double)positions[t] * (double)inv_freq[threadIdx.x], &sn0, &cs0);
   int64_t slot = slots[t];
+  pdl_wait();
   if (!is_q && !(slot >= 0 && slot < (int64_t)n_blocks * B)) return;  // whole block: a k head not written
   const T *row = qkv + (size_t)t * ldq;
   const T *x = row + (size_t)h * D;  // q heads, then the k heads (h >= H) right after them
@@ -593,8 +534,8 @@ __global__ void rope_qkv_kernel(T *q_out, const T *qkv, int ldq, const float *q_
     inv = rsqrtf(block_sum(ss, red) / (float)D + eps);
   }
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    double ang = (double)positions[t] * (double)inv_freq[i], sn, cs;
-    sincos(ang, &sn, &cs);
+    double sn = sn0, cs = cs0;
+    if (i != (int)threadIdx.x) sincos((double)positions[t] * (double)inv_freq[i], &sn, &cs);
     int i0 = style == 1 ? i : 2 * i, i1 = style == 1 ? i + half : 2 * i + 1;
     float a = ld(&x[i0]), b = ld(&x[i1]);
     if (nw) {
@@ -623,17 +564,19 @@ extern "C" int cuda_rope_qkv_write(void *q_out, const void *qkv, int ldq, const 
   }
   int half = D / 2, threads = half < 128 ? 32 * ((half + 31) / 32) : 128;
   dim3 grid((unsigned)T_, (unsigned)(H + kv->n_kv_heads));
-  DISPATCH_ACT(kv->dtype, rope_qkv_kernel<T><<<grid, threads, 0, stream>>>(
-                              (T *)q_out, (const T *)qkv, ldq, q_norm, k_norm, eps, (T *)kv->data, kv->n_blocks,
-                              kv->n_layers, kv->n_kv_heads, kv->block_size, D, layer, positions, slots, H, style,
-                              inv_freq));
-  return launched("rope_qkv_write");
+  cudaError_t e = cudaSuccess;
+  DISPATCH_ACT(kv->dtype, e = pdl_launch(rope_qkv_kernel<T>, grid, dim3(threads), 0, stream, 1, (T *)q_out,
+                                         (const T *)qkv, ldq, q_norm, k_norm, eps, (T *)kv->data, kv->n_blocks,
+                                         kv->n_layers, kv->n_kv_heads, kv->block_size, D, layer, positions, slots, H,
+                                         style, inv_freq));
+  return launch_status(e, "rope_qkv_write");
 }
 
 // ---- SiLU-mul and row gather ----
 
 template <typename T> __global__ void silu_mul_kernel(T *out, const T *gate, const T *up, int64_t n) {
   pdl_trigger();
+  pdl_wait();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     float g = ld(&gate[i]);
     st(&out[i], g / (1.0f + expf(-g)) * ld(&up[i]));
@@ -644,14 +587,16 @@ extern "C" int cuda_silu_mul(void *out, const void *gate, const void *up, int T_
                              cudaStream_t stream) {
   int64_t n = (int64_t)T_ * F;
   if (n <= 0) return 0;
-  DISPATCH_ACT(act, silu_mul_kernel<T><<<grid_for(n, 256), 256, 0, stream>>>((T *)out, (const T *)gate,
-                                                                              (const T *)up, n));
-  return launched("silu_mul");
+  cudaError_t e = cudaSuccess;
+  DISPATCH_ACT(act, e = pdl_launch(silu_mul_kernel<T>, dim3(grid_for(n, 256)), dim3(256), 0, stream, 1, (T *)out,
+                                   (const T *)gate, (const T *)up, n));
+  return launch_status(e, "silu_mul");
 }
 
 // gate and up rows LD apart, out packed (T, F)
 template <typename T> __global__ void silu_mul_ld_kernel(T *out, const T *gate, const T *up, int64_t n, int F, int ldg) {
   pdl_trigger();
+  pdl_wait();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     size_t j = (size_t)(i / F) * ldg + (size_t)(i % F);
     float g = ld(&gate[j]);
@@ -667,13 +612,15 @@ extern "C" int cuda_silu_mul_ld(void *out, const void *gate, const void *up, int
     log_error("cuda silu_mul: row stride %d < %d", ldg, F);
     return STRATA_EINVAL;
   }
-  DISPATCH_ACT(act, silu_mul_ld_kernel<T><<<grid_for(n, 256), 256, 0, stream>>>((T *)out, (const T *)gate,
-                                                                                 (const T *)up, n, F, ldg));
-  return launched("silu_mul");
+  cudaError_t e = cudaSuccess;
+  DISPATCH_ACT(act, e = pdl_launch(silu_mul_ld_kernel<T>, dim3(grid_for(n, 256)), dim3(256), 0, stream, 1, (T *)out,
+                                   (const T *)gate, (const T *)up, n, F, ldg));
+  return launch_status(e, "silu_mul");
 }
 
 template <typename T> __global__ void gather_kernel(T *out, const T *x, const int32_t *rows, int C) {
   pdl_trigger();
+  pdl_wait();
   const T *src = x + (size_t)rows[blockIdx.x] * C;
   T *dst = out + (size_t)blockIdx.x * C;
   for (int c = threadIdx.x; c < C; c += blockDim.x) dst[c] = src[c];
@@ -682,8 +629,10 @@ template <typename T> __global__ void gather_kernel(T *out, const T *x, const in
 extern "C" int cuda_gather_rows(void *out, const void *x, const int32_t *rows, int n, int C, dtype_t act,
                                 cudaStream_t stream) {
   if (n <= 0) return 0;
-  DISPATCH_ACT(act, gather_kernel<T><<<n, 256, 0, stream>>>((T *)out, (const T *)x, rows, C));
-  return launched("gather_rows");
+  cudaError_t e = cudaSuccess;
+  DISPATCH_ACT(act, e = pdl_launch(gather_kernel<T>, dim3(n), dim3(256), 0, stream, 1, (T *)out, (const T *)x, rows,
+                                   C));
+  return launch_status(e, "gather_rows");
 }
 
 // ---- argmax_rows: out(n) = argmax over V of x(n, V); ties to the lowest id, NaN never wins ----
@@ -693,6 +642,8 @@ __device__ __forceinline__ bool am_better(float v, int i, float bv, int bi) {
 }
 
 template <typename T> __global__ void argmax_kernel(int32_t *out, const T *x, int V) {
+  pdl_trigger();
+  pdl_wait();
   const T *row = x + (size_t)blockIdx.x * V;
   float bv = -INFINITY;
   int bi = V;
@@ -725,6 +676,7 @@ template <typename T> __global__ void argmax_kernel(int32_t *out, const T *x, in
 
 extern "C" int cuda_argmax_rows(int32_t *out, const void *x, int n, int V, dtype_t act, cudaStream_t stream) {
   if (n <= 0) return 0;
-  DISPATCH_ACT(act, argmax_kernel<T><<<n, 1024, 0, stream>>>(out, (const T *)x, V));
-  return launched("argmax_rows");
+  cudaError_t e = cudaSuccess;
+  DISPATCH_ACT(act, e = pdl_launch(argmax_kernel<T>, dim3(n), dim3(1024), 0, stream, 1, out, (const T *)x, V));
+  return launch_status(e, "argmax_rows");
 }

@@ -7,6 +7,8 @@
 #             2,048-token prefill; offline throughput of 1,024 x 128/128 requests; cold start) and cold
 #             start on an 8B safetensors directory written once under /tmp (OFFLINE=0, COLD=0 skip those)
 #   peers   - bench/peers/torch_peer.py (torch.compile static-cache decode, transformers generate)
+#   knobs   - decode tokens/s under settings of the backend's switches (KNOBS, KNOB_BATCHES, REPEAT), A/B
+#   gemv    - tests/gpu/gemv_bench (GEMV versions per decode shape, folded SwiGLU and norms)
 # usage: tests/gpu/run.sh [STAGE...]   (default: parity bench peers). Needs .deps from scripts/gpu_deps.sh.
 # Logs go to $OUT (default ./build-gpu-out); a short table is printed last.
 set -uo pipefail
@@ -240,6 +242,31 @@ PY
   else
     say "nsys: not on this machine"
   fi
+}
+
+# knobs: decode tokens/s at batches $KNOB_BATCHES (default 1) with each setting of $KNOBS (a list of
+# VAR=VALUE[,VAR=VALUE...]; "-" is the defaults), REPEAT times each, interleaved, so that settings meet the
+# same card state; for A/B checks of the backend's switches.
+stage_knobs() {
+  local B="$BUILD/bench/strata-bench" log=$OUT/knobs.jsonl
+  for r in $(seq "${REPEAT:-2}"); do
+    for k in ${KNOBS:-- STRATA_CUDA_CARVEOUT=-1 STRATA_CUDA_PDL=0}; do
+      for b in ${KNOB_BATCHES:-1}; do
+        local envs=()
+        [ "$k" != - ] && IFS=, read -ra envs <<<"$k"
+        env "${envs[@]}" "$B" engine --device cuda --model dummy:llama3-8b --batch "$b" --prompt-len 512 --gen-len 64 \
+          2>>"$OUT/bench.err" | tee -a "$log" |
+          python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print('knobs %-40s batch %4d: %9.1f tok/s, step p50 %.3f ms' % (sys.argv[1], r['batch'], r['decode_tok_s'], r.get('step_ms_p50', 0)))" "$k" |
+          tee -a "$SUMMARY"
+      done
+    done
+  done
+}
+
+# gemv: tests/gpu/gemv_bench (each GEMV version per decode shape, the folded SwiGLU and norms, prefill GEMMs)
+stage_gemv() {
+  "$BUILD/tests/gpu/gemv_bench" >"$OUT/gemv_bench.log" 2>&1
+  grep -E "^[0-9]+ x [0-9]+ +[12] |gemv_bench:" "$OUT/gemv_bench.log" | tee -a "$SUMMARY"
 }
 
 stage_peers() {

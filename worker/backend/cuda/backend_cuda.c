@@ -54,6 +54,7 @@ typedef struct {
   int gemv_max_t; /* T up to which matmul uses our GEMV instead of cuBLASLt */
   int gemm_tune;  /* time cuBLASLt's candidates per plan (STRATA_CUDA_GEMM_TUNE=1; default 0) */
   int swiglu_max_t; /* matmul_swiglu runs up to this T (STRATA_CUDA_SWIGLU, default 1; 0 off) */
+  int carveout;     /* shared-memory carveout (percent) of steps of T <= gemv_max_t (STRATA_CUDA_CARVEOUT; -1 off) */
   cudaEvent_t tune_ev[2];
   int fuse_on;    /* weight_prepare_cat fuses (STRATA_CUDA_FUSE, default 1) */
   int err; /* the first error of an op (ops return void); reported by sync and to_host_f32 */
@@ -430,6 +431,8 @@ static int cuda_batch_upload(backend_t *be, be_batch_t *dst, const be_batch_t *s
   }
   rc = cu_ok(cudaMemcpyAsync(c->batch_dev, c->batch_host, o * 4, cudaMemcpyHostToDevice, c->stream), "batch upload");
   if (!rc) rc = cu_ok(cudaEventRecord(c->batch_copied, c->stream), "batch upload");
+  /* the kernels of a step served by our GEMV share one carveout; cuBLASLt's steps keep the driver's choice */
+  cuda_set_launch_carveout(src->n_tokens <= c->gemv_max_t ? c->carveout : -1);
   if (!rc) step_begin(c, dst);
   return rc;
 }
@@ -441,14 +444,31 @@ static void cuda_op_embed(backend_t *be, void *out, const weight_t *emb, const i
   note(be, cuda_embed(out, emb->data, emb->rows, (int)emb->cols, ids, T, be->act_dtype, ctx_of(be)->stream));
 }
 
+/* STRATA_CUDA_SKIP=norm,rope,attention (any of them): those ops do nothing. For measurements only (what an
+ * op class costs inside a real step, by difference): the results are wrong. */
+enum { SKIP_NORM = 1, SKIP_ROPE = 2, SKIP_ATTENTION = 4 };
+
+static int skip_ops(void) {
+  static int mask = -1;
+  if (mask < 0) {
+    const char *e = getenv("STRATA_CUDA_SKIP");
+    mask = 0;
+    if (e && strstr(e, "norm")) mask |= SKIP_NORM;
+    if (e && strstr(e, "rope")) mask |= SKIP_ROPE;
+    if (e && strstr(e, "attention")) mask |= SKIP_ATTENTION;
+    if (mask) log_warn("cuda backend: STRATA_CUDA_SKIP=%s: ops left out for a measurement, results are wrong", e);
+  }
+  return mask;
+}
+
 static void cuda_op_rmsnorm(backend_t *be, void *out, const void *x, const float *w, int rows, int C, float eps) {
-  if (replaying(be)) return;
+  if (replaying(be) || (skip_ops() & SKIP_NORM)) return;
   note(be, cuda_rmsnorm(out, x, w, rows, C, eps, be->act_dtype, ctx_of(be)->stream));
 }
 
 static void cuda_op_add_rmsnorm(backend_t *be, void *out, void *residual, const void *x, const float *w, int rows,
                                 int C, float eps) {
-  if (replaying(be)) return;
+  if (replaying(be) || (skip_ops() & SKIP_NORM)) return;
   note(be, cuda_add_rmsnorm(out, residual, x, w, rows, C, eps, be->act_dtype, ctx_of(be)->stream));
 }
 
@@ -635,7 +655,7 @@ static void cuda_op_rope_kv_write(backend_t *be, void *q, void *k, const void *v
 static void cuda_op_rope_qkv_write(backend_t *be, void *q_out, const void *qkv, int ld, const float *q_norm,
                                    const float *k_norm, float eps, be_kv_t *kv, int layer, const be_batch_t *b,
                                    const be_rope_t *rope, int n_heads, int n_kv_heads) {
-  if (replaying(be)) return;
+  if (replaying(be) || (skip_ops() & SKIP_ROPE)) return;
   cuda_kv_t ck = kv_of(kv);
   if (n_kv_heads != kv->n_kv_heads || rope->head_dim != kv->head_dim || kv->dtype != be->act_dtype) {
     log_error("cuda backend: rope_qkv_write with %d KV heads of %d for a cache of %d heads of %d", n_kv_heads,
@@ -649,7 +669,7 @@ static void cuda_op_rope_qkv_write(backend_t *be, void *q_out, const void *qkv, 
 
 static void cuda_op_attention(backend_t *be, void *out, const void *q, const be_kv_t *kv, int layer,
                               const be_batch_t *b, int n_heads, int n_kv_heads, float scale) {
-  if (replaying(be)) return;
+  if (replaying(be) || (skip_ops() & SKIP_ATTENTION)) return;
   cuda_kv_t ck = kv_of(kv);
   if (n_kv_heads != kv->n_kv_heads || kv->dtype != be->act_dtype) {
     log_error("cuda backend: attention with %d KV heads for a cache of %d", n_kv_heads, kv->n_kv_heads);
@@ -859,6 +879,14 @@ int backend_cuda_create(backend_t **out, int device, int act_dtype) {
    * STRATA_CUDA_SWIGLU=N: matmul_swiglu (SwiGLU folded into the down projection) up to T = N (0 off, at most
    * CUDA_SWIGLU_MAX_T); default 1: it measured even at T 1 (45.6 us against 45.8 for silu_mul + GEMV) and
    * 2.5 us slower at T 2. */
+  /* STRATA_CUDA_CARVEOUT=P: decode steps served by our GEMV (T <= gemv_max_t) launch every kernel with P
+   * percent of the L1/shared memory as shared memory (-1: the driver's choice per kernel). Default 25: on an
+   * H100 at batch 1, 25 and 40 gave 168.5-169.1 tok/s, 50 166.7, 60 163.4, 75 154, 100 153, the driver's
+   * choice 161.5 (docs/gpu.md, round 5); the kernels then agree on one split and overlap. Larger steps
+   * (cuBLASLt's GEMMs) keep the driver's choice: 25 there cost 1% at batches 8 and 32. */
+  const char *ce = getenv("STRATA_CUDA_CARVEOUT");
+  c->carveout = ce ? atoi(ce) : 25;
+  if (c->carveout > 100) c->carveout = 100;
   const char *te = getenv("STRATA_CUDA_GEMM_TUNE"), *se = getenv("STRATA_CUDA_SWIGLU");
   c->gemm_tune = te && strcmp(te, "1") == 0;
   c->swiglu_max_t = se ? atoi(se) : 1;
