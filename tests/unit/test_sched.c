@@ -231,6 +231,73 @@ static void h_run(harness_t *h) {
   }
 }
 
+/* ---- asynchronous scheduling: step N+1 is scheduled and computed while step N's tokens are placeholders
+ * (sched_advance), then step N's tokens are applied (sched_fill). The fake model reads a placeholder's value
+ * from step N's results by its logit row, as the device does. ---- */
+
+/* execute_async: execute() for a step whose placeholders take ROW_VAL[ph_row]. */
+static void execute_async(harness_t *h, const int32_t *row_val, int32_t *sampled) {
+  const sched_out_t *out = &h->out;
+  for (int i = 0; i < out->n_items; i++) {
+    const sched_item_t *it = &out->items[i];
+    const req_t *r = it->req;
+    for (int pos = it->start; pos < it->start + it->n; pos++) {
+      int32_t tok = pos >= req_n_known(r) ? row_val[r->ph_row] : r->tokens[pos];
+      h->mem[kv_slot(&h->pool, &r->kv, pos)] = mix(tok, pos);
+    }
+  }
+  for (int i = 0; i < out->n_items; i++) {
+    const sched_item_t *it = &out->items[i];
+    sampled[i] = -1;
+    if (!it->sample) continue;
+    req_t *r = it->req;
+    uint64_t hv = 1469598103934665603ull;
+    for (int pos = 0; pos < it->start + it->n; pos++) hv = fold(hv, h->mem[kv_slot(&h->pool, &r->kv, pos)]);
+    sampled[i] = next_token(hv, req_n_generated(r), h->specs[r - h->reqs].eos_at);
+  }
+}
+
+static void h_run_async(harness_t *h) {
+  sched_out_t fl = {0};
+  int32_t fl_sampled[MAX_REQS], row_val[MAX_REQS];
+  int active = 0;
+  for (int guard = 0; sched_has_work(&h->s) || active; guard++) {
+    assert_true(guard < 5000);
+    int was_running[MAX_REQS];
+    for (int k = 0; k < h->n_reqs; k++) was_running[k] = h->reqs[k].state == REQ_RUNNING;
+    int n = sched_schedule(&h->s, &h->out);
+    assert_true(n >= 0);
+    check_step(h, was_running);
+    int32_t sampled[MAX_REQS];
+    if (n > 0) execute_async(h, row_val, sampled);
+    if (active) { /* step N's tokens are known now */
+      req_t *fin[MAX_REQS];
+      int n_fin = sched_fill(&h->s, &fl, fl_sampled, fin);
+      for (int i = 0; i < n_fin; i++) {
+        assert_int_equal(fin[i]->state, REQ_FINISHED);
+        assert_int_equal(fin[i]->n_placeholders, 0);
+        assert_int_equal(fin[i]->kv.n, 0);
+      }
+      h->n_finished += n_fin;
+    }
+    active = n > 0;
+    if (!active) continue;
+    for (int i = 0; i < h->out.n_items; i++) /* step N+1 computed them once more: dropped */
+      if (h->out.items[i].req->state == REQ_FINISHED) h->out.items[i].req = NULL;
+    sched_advance(&h->s, &h->out);
+    for (int i = 0, j = 0; i < h->out.n_items; i++) {
+      fl_sampled[i] = sampled[i];
+      if (h->out.items[i].sample) row_val[j++] = sampled[i];
+    }
+    sched_out_t t = fl;
+    fl = h->out;
+    h->out = t;
+    h->n_steps++;
+    check_pool(h);
+  }
+  sched_out_free(&fl);
+}
+
 /* Every request finished with the reference's tokens and reason, and nothing leaked. */
 static void h_verify(harness_t *h, int max_len_cap) {
   int32_t want[MAX_TOK + 64];
@@ -377,14 +444,54 @@ static void test_prefix_hits(void **state) {
   free(h);
 }
 
-static void run_four(harness_t *h, int n_blocks) {
+static void run_four_mode(harness_t *h, int n_blocks, int async) {
   h_init(h, n_blocks, 16, 4, 512, 0);
   for (int k = 0; k < 4; k++) {
     spec_t sp = make_spec(40, 0, k, 30, k == 2 ? 20 : -1);
     assert_int_equal(h_add(h, &sp), 0);
   }
-  h_run(h);
+  if (async) h_run_async(h);
+  else h_run(h);
   h_verify(h, 0);
+}
+
+static void run_four(harness_t *h, int n_blocks) { run_four_mode(h, n_blocks, 0); }
+
+/* Asynchronous scheduling gives the reference's tokens and reasons: EOS discovered a step late, max_tokens and
+ * max_model_len known ahead (never scheduled past them), stop ids, prefix hits (only known tokens are
+ * hashed), and preemption of requests whose last token is still a placeholder. */
+static void test_async_placeholders(void **state) {
+  (void)state;
+  harness_t *h = malloc(sizeof *h);
+  h_init(h, 200, 16, 4, 64, 100);
+  spec_t sp;
+  sp = make_spec(5, 0, 1, 20, 7);
+  assert_int_equal(h_add(h, &sp), 0);
+  sp = make_spec(70, 0, 2, 9, -1);
+  assert_int_equal(h_add(h, &sp), 0);
+  sp = make_spec(33, 0, 3, 30, 4);
+  sp.ignore_eos = 1;
+  assert_int_equal(h_add(h, &sp), 0);
+  sp = make_spec(90, 0, 4, 50, -1); /* max_model_len 100 */
+  assert_int_equal(h_add(h, &sp), 0);
+  sp = make_spec(17, 16, 5, 40, -1);
+  sp.n_stop = 1;
+  sp.stop[0] = 3 + 17 % 500; /* may or may not fire: the reference says */
+  assert_int_equal(h_add(h, &sp), 0);
+  sp = make_spec(40, 32, 6, 12, 0); /* EOS at once; shares 2 blocks with the one before */
+  assert_int_equal(h_add(h, &sp), 0);
+  sp = make_spec(1, 0, 7, 1, -1); /* one token out: finished by length ahead of its value */
+  assert_int_equal(h_add(h, &sp), 0);
+  h_run_async(h);
+  assert_int_equal(h->n_finished, 7);
+  h_verify(h, 100);
+  assert_int_equal(h->reqs[3].n_tokens, 100);
+  h_deinit(h);
+  /* 12 blocks for 4 requests of 40 + 30 tokens: preemptions */
+  run_four_mode(h, 12, 1);
+  assert_true(h->s.n_preemptions_total > 0);
+  h_deinit(h);
+  free(h);
 }
 
 /* 12 blocks (11 usable) for 4 requests of 40 + 30 tokens: preemptions, same tokens as a big pool. */
@@ -585,6 +692,7 @@ int main(void) {
       cmocka_unit_test(test_max_num_seqs),
       cmocka_unit_test(test_refuse_never_fits),
       cmocka_unit_test(test_abort),
+      cmocka_unit_test(test_async_placeholders),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

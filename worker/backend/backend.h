@@ -55,6 +55,9 @@ typedef struct {
   int max_kv_len;             /* max over kv_len */
   const int32_t *logit_rows;  /* (n_logits) batch rows whose logits are wanted */
   int n_logits;
+  /* (T) or NULL (asynchronous steps, see patch_tokens): row t's token is the id the previous step drew
+   * for its logit row prev_rows[t]; -1: tokens[t] */
+  const int32_t *prev_rows;
 } be_batch_t;
 
 /* The paged KV cache in backend memory. Layout (n_blocks, L, 2, Hkv, B, D): one block holds K and V
@@ -156,6 +159,26 @@ typedef struct {
    * top-k, top-p, min-p, then the Gumbel-max draw keyed by (seed, position). Ends the step like
    * to_host_f32. */
   int (*sample_rows)(backend_t *be, int32_t *host_out, const void *x, const be_sample_t *p, int n, int V);
+
+  /* ---- asynchronous steps (optional: all three or none; default NULL, every step waits for its ids) ----
+   * The engine enqueues step N+1 before it has step N's token ids: draw_rows ends a step without waiting,
+   * the next step's decode rows take their input ids from the backend's copy of them (patch_tokens), and
+   * draw_wait hands a step's ids to the host later. Two host slots (0, 1) let step N's ids travel while
+   * step N+1 is built and enqueued. */
+  /* patch_tokens: right after batch_upload of B with prev_rows set (the forward pass calls it before the
+   * embedding): for every row t with prev_rows[t] >= 0, B's token t becomes the id that the last draw_rows
+   * drew for its row prev_rows[t] (which must be < that call's N), read where the backend keeps it: the host
+   * never needs it. May repoint B->tokens (backend memory valid until the next batch_upload). Part of the
+   * step (a captured CUDA graph replays it). Returns 0 or a STRATA_E* code. */
+  int (*patch_tokens)(backend_t *be, be_batch_t *b);
+  /* draw_rows: ends the step like argmax_rows (P NULL) or sample_rows (P: N parameter sets in host memory,
+   * consumed before it returns) but returns without waiting: the N ids of x(n, V)'s rows stay on the backend
+   * for the next step's patch_tokens and travel to host slot SLOT (0 or 1). N 0 only ends the step (no ids).
+   * The caller draw_waits SLOT before the next draw_rows into it. Returns 0 or a STRATA_E* code. */
+  int (*draw_rows)(backend_t *be, int slot, const void *x, const be_sample_t *p, int n, int V);
+  /* draw_wait: waits until the step that drew into SLOT is done, then copies its first N ids to HOST_OUT.
+   * Returns 0, or the first error of that step's ops (as to_host_f32 reports them). */
+  int (*draw_wait)(backend_t *be, int slot, int32_t *host_out, int n);
 } be_ops_t;
 
 struct backend {

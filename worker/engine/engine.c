@@ -20,6 +20,19 @@ void engine_cfg_default(engine_cfg_t *c) {
   c->kv_cache_fraction = 0.9f;
   c->prefix_caching = 1;
   c->hash_seed = BLOCK_HASH_DEFAULT_SEED;
+  c->async_sched = -1;
+}
+
+/* resolve_async: asynchronous scheduling on or off: the configuration, then STRATA_ASYNC_SCHED, within
+ * what the backend can do. */
+static int resolve_async(const engine_cfg_t *c, const backend_t *be) {
+  int want = c->async_sched;
+  const char *env = getenv("STRATA_ASYNC_SCHED");
+  if (env && *env) want = atoi(env) != 0;
+  int can = be->ops->patch_tokens && be->ops->draw_rows && be->ops->draw_wait;
+  if (want > 0 && !can) log_warn("engine: the %s backend cannot schedule asynchronously; steps run one by one",
+                                 be->ops->name);
+  return want != 0 && can;
 }
 
 /* size_kv: how many KV blocks to allocate: the operator's number, else a fraction of the backend's
@@ -56,7 +69,7 @@ static int alloc_step_arrays(engine_t *e) {
   e->sampled = calloc((size_t)S, sizeof *e->sampled);
   e->results = calloc((size_t)S, sizeof *e->results);
   e->finished = calloc((size_t)S, sizeof *e->finished);
-  e->cap_outs = S + 16;
+  e->cap_outs = 2 * S + 16;
   e->outs = calloc((size_t)e->cap_outs, sizeof *e->outs);
   return e->sampled && e->results && e->finished && e->outs ? 0 : STRATA_ENOMEM;
 }
@@ -99,21 +112,24 @@ int engine_create(engine_t **out, const model_t *m, const engine_cfg_t *cfg) {
   if (!rc) rc = runner_init(&e->rb, c->max_batched_tokens, c->max_num_seqs,
                             (e->max_model_len + c->block_size - 1) / c->block_size);
   if (!rc) rc = alloc_step_arrays(e);
+  if (!rc) e->async = resolve_async(c, e->be);
   if (rc) {
     engine_free(e);
     return rc;
   }
   e->st.kv_blocks_total = n_blocks - 1;
-  log_info("engine: %s on %s, %d KV blocks of %d tokens (%.1f MiB), max %d seqs, %d tokens/step, context %d",
+  log_info("engine: %s on %s, %d KV blocks of %d tokens (%.1f MiB), max %d seqs, %d tokens/step, context %d%s",
            m->name, e->be->device, n_blocks - 1, c->block_size,
            (double)e->fwd.kv.block_bytes * n_blocks / 1048576.0, c->max_num_seqs, c->max_batched_tokens,
-           e->max_model_len);
+           e->max_model_len, e->async ? ", async scheduling" : "");
   *out = e;
   return 0;
 }
 
 void engine_free(engine_t *e) {
   if (!e) return;
+  if (e->fl_active) fwd_wait(&e->fwd, e->fl_slot, e->fl_rows); /* the backend may still write the step's ids */
+  e->fl_active = 0;
   for (int i = 0; i < e->n_reqs; i++) {
     sched_abort(&e->sched, e->reqs[i]);
     req_deinit(e->reqs[i]);
@@ -122,6 +138,7 @@ void engine_free(engine_t *e) {
   free(e->reqs);
   if (e->sched.kv) sched_deinit(&e->sched);
   sched_out_free(&e->so);
+  sched_out_free(&e->fl_so);
   kv_pool_deinit(&e->kv);
   fwd_deinit(&e->fwd);
   sampler_deinit(&e->sampler);
@@ -141,8 +158,17 @@ static int find_req(const engine_t *e, uint64_t id) {
   return -1;
 }
 
+/* forget_items: the items of R in the steps held (scheduled, in flight) lose their request. */
+static void forget_items(engine_t *e, const req_t *r) {
+  sched_out_t *sos[2] = {&e->so, &e->fl_so};
+  for (int k = 0; k < 2; k++)
+    for (int i = 0; i < sos[k]->n_items; i++)
+      if (sos[k]->items[i].req == r) sos[k]->items[i].req = NULL;
+}
+
 static void remove_req(engine_t *e, int i) {
   req_t *r = e->reqs[i];
+  forget_items(e, r);
   e->reqs[i] = e->reqs[--e->n_reqs];
   req_deinit(r);
   free(r);
@@ -157,7 +183,7 @@ static int push_pending(engine_t *e, const req_t *r, finish_reason_t why) {
     e->cap_pending = cap;
   }
   e->pending[e->n_pending++] = (engine_out_t){.id = r->id, .finished = 1, .finish = why, .n_prompt = r->n_prompt,
-                                              .n_generated = req_n_generated(r)};
+                                              .n_generated = req_n_known(r) - r->n_prompt};
   return 0;
 }
 
@@ -252,7 +278,7 @@ static int grow_outs(engine_t *e, int need) {
 static void collect(engine_t *e, const sched_out_t *so, int n_finished) {
   for (int i = 0; i < so->n_items; i++) {
     const sched_item_t *it = &so->items[i];
-    if (!it->sample) continue;
+    if (!it->sample || !it->req) continue;
     req_t *r = it->req;
     engine_out_t *o = &e->outs[e->n_outs++];
     *o = (engine_out_t){.id = r->id, .has_token = 1, .token = e->sampled[i], .sample = e->results[i],
@@ -266,36 +292,101 @@ static void collect(engine_t *e, const sched_out_t *so, int n_finished) {
   }
 }
 
+static void count_prompt_tokens(engine_t *e, const sched_out_t *so) {
+  for (int i = 0; i < so->n_items; i++) {
+    const sched_item_t *it = &so->items[i];
+    if (it->req && it->start < it->req->n_prompt) {
+      int end = it->start + it->n, n_prompt = it->req->n_prompt;
+      e->st.n_prompt_tokens += (uint64_t)((end < n_prompt ? end : n_prompt) - it->start);
+    }
+  }
+}
+
+/* step_sync: execute -> update of the step scheduled in e->so. */
+static int step_sync(engine_t *e) {
+  int rc = runner_execute(e, &e->so);
+  if (rc) return rc;
+  count_prompt_tokens(e, &e->so);
+  int n_finished = sched_update(&e->sched, &e->so, e->sampled, e->finished);
+  collect(e, &e->so, n_finished);
+  e->st.n_steps++;
+  return 0;
+}
+
+/* drain: the step in flight, if any: waits for its ids, applies them and collects its events. Requests it
+ * finishes are freed, and their items in e->so (scheduled meanwhile) lose their request. */
+static int drain(engine_t *e) {
+  if (!e->fl_active) return 0;
+  e->fl_active = 0;
+  int rc = runner_wait(e, &e->fl_so, e->fl_slot, e->fl_rows);
+  if (rc) return rc;
+  int n_finished = sched_fill(&e->sched, &e->fl_so, e->sampled, e->finished);
+  collect(e, &e->fl_so, n_finished);
+  e->fl_so.n_items = 0;
+  return 0;
+}
+
+/* drop_gone: removes the items of e->so whose request is gone. */
+static void drop_gone(engine_t *e) {
+  int k = 0;
+  for (int i = 0; i < e->so.n_items; i++)
+    if (e->so.items[i].req) e->so.items[k++] = e->so.items[i];
+  e->so.n_items = k;
+}
+
+/* step_async: the step just scheduled (N_TOKENS, may be 0) is enqueued before the one in flight is applied;
+ * the events of that one come back now. A step that needs the host sampler runs the old way once nothing
+ * is in flight. */
+static int step_async(engine_t *e, int n_tokens) {
+  if (n_tokens <= 0) return drain(e);
+  int mode = runner_step_mode(e, &e->so);
+  if (mode == RUN_HOST) {
+    int rc = drain(e);
+    if (rc) return rc;
+    drop_gone(e); /* requests that the drained step finished */
+    if (e->so.n_items == 0) return 0;
+    mode = runner_step_mode(e, &e->so);
+    if (mode == RUN_HOST) return step_sync(e);
+  }
+  count_prompt_tokens(e, &e->so);
+  int slot = e->fl_active ? 1 - e->fl_slot : 0, n_rows = 0;
+  int rc = runner_enqueue(e, &e->so, mode, slot, &n_rows);
+  if (!rc) rc = drain(e);
+  if (rc) return rc;
+  /* NOTE: after the drain, so that every token before the new placeholders is known (kv_commit hashes them) */
+  sched_advance(&e->sched, &e->so);
+  sched_out_t t = e->fl_so;
+  e->fl_so = e->so;
+  e->so = t;
+  e->fl_active = 1;
+  e->fl_slot = slot;
+  e->fl_rows = n_rows;
+  e->st.n_steps++;
+  return 0;
+}
+
 int engine_step(engine_t *e, const engine_out_t **outs, int *n_outs) {
   e->n_outs = 0;
   *outs = e->outs;
   *n_outs = 0;
-  int rc = grow_outs(e, e->cfg.max_num_seqs + e->n_pending);
+  /* async: the drained step's events and a synchronous step's may come back together */
+  int rc = grow_outs(e, (e->async ? 2 : 1) * e->cfg.max_num_seqs + e->n_pending);
   if (rc) return rc;
+  *outs = e->outs; /* grow_outs may have moved it */
   if (e->n_pending) memcpy(e->outs, e->pending, sizeof *e->pending * (size_t)e->n_pending);
   e->n_outs = e->n_pending;
   e->n_pending = 0;
 
   /* schedule -> execute -> update */
   int n_tokens = sched_schedule(&e->sched, &e->so);
-  if (n_tokens > 0) {
-    rc = runner_execute(e, &e->so);
-    if (rc) return rc;
-    for (int i = 0; i < e->so.n_items; i++)
-      if (e->so.items[i].start < e->so.items[i].req->n_prompt) {
-        int end = e->so.items[i].start + e->so.items[i].n;
-        int n_prompt = e->so.items[i].req->n_prompt;
-        e->st.n_prompt_tokens += (uint64_t)((end < n_prompt ? end : n_prompt) - e->so.items[i].start);
-      }
-    int n_finished = sched_update(&e->sched, &e->so, e->sampled, e->finished);
-    collect(e, &e->so, n_finished);
-    e->st.n_steps++;
-  }
+  rc = e->async ? step_async(e, n_tokens) : n_tokens > 0 ? step_sync(e) : 0;
   *n_outs = e->n_outs;
-  return 0;
+  return rc;
 }
 
-int engine_has_work(const engine_t *e) { return sched_has_work(&e->sched) || e->n_pending > 0; }
+int engine_has_work(const engine_t *e) {
+  return sched_has_work(&e->sched) || e->n_pending > 0 || e->fl_active;
+}
 
 void engine_stats(const engine_t *e, engine_stats_t *st) {
   *st = e->st;

@@ -1,6 +1,7 @@
 /* engine.h: the worker engine. One engine owns a model on a backend, the paged KV cache, the
  * scheduler and the request table; engine_step() is exactly sched_schedule() -> execute ->
- * sched_update(). Not thread-safe: one thread (the engine thread) drives it; the API hands requests
+ * sched_update() (with asynchronous scheduling: sched_schedule() -> enqueue -> sched_fill() of the
+ * step in flight -> sched_advance(), see sched.h). Not thread-safe: one thread (the engine thread) drives it; the API hands requests
  * over through engine_loop's queue (engine_loop.h) rather than calling in here from other threads. */
 #ifndef STRATA_ENGINE_H
 #define STRATA_ENGINE_H
@@ -27,6 +28,8 @@ typedef struct {
   float kv_cache_fraction; /* of free backend memory after weights */
   int prefix_caching;      /* 1 = on */
   uint64_t hash_seed;      /* block hashes: the same seed in coordinator and workers */
+  int async_sched;         /* schedule and enqueue step N+1 before step N's ids are back: -1 auto (on where the
+                              backend has draw_rows), 0 off, 1 on; env STRATA_ASYNC_SCHED=0|1 overrides */
 } engine_cfg_t;
 
 /* engine_cfg_default: 256 seqs, 2048 tokens, block 16, prefix caching on, KV fraction 0.9 (GPU) and
@@ -76,11 +79,18 @@ int engine_add_ex(engine_t *e, uint64_t id, const int32_t *tokens, int n_tokens,
                   const sampling_params_t *sp, char *err, int err_len);
 
 /* engine_abort: cancels request ID (its blocks are freed now); an engine_out_t with finished and
- * FINISH_ABORT is reported by the next engine_step. Returns STRATA_ENOTFOUND if unknown. */
+ * FINISH_ABORT is reported by the next engine_step. A token of ID still in flight (asynchronous
+ * scheduling) is dropped: the events end with what engine_step returned so far. Returns
+ * STRATA_ENOTFOUND if unknown. */
 int engine_abort(engine_t *e, uint64_t id);
 
 /* engine_step: runs one step. *OUTS points to an engine-owned array of *N_OUTS events, valid until
- * the next call. Returns 0, or a STRATA_E* code when the backend failed (fatal for the engine). */
+ * the next call. Returns 0, or a STRATA_E* code when the backend failed (fatal for the engine).
+ * With asynchronous scheduling a step whose tokens are drawn on the device stays in flight: the call
+ * that enqueues step N+1 returns the events of step N (engine_has_work stays 1 until it is drained). A
+ * step that needs the host sampler (penalties, logprobs, pending min_tokens) first drains the one in
+ * flight and runs synchronously. The events are the same as without: a request that ends at step N
+ * (EOS, stop id) was computed once more by step N+1, and that result is dropped. */
 int engine_step(engine_t *e, const engine_out_t **outs, int *n_outs);
 
 int engine_has_work(const engine_t *e);

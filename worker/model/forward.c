@@ -244,19 +244,32 @@ void fwd_deinit(fwd_t *f) {
   memset(f, 0, sizeof *f);
 }
 
-enum { FWD_LOGITS = 0, FWD_ARGMAX, FWD_SAMPLE };
+enum { FWD_LOGITS = 0, FWD_ARGMAX, FWD_SAMPLE, FWD_ASYNC };
 
-static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int mode, const be_sample_t *sp);
+static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int mode, const be_sample_t *sp, int slot);
 
-int fwd_run(fwd_t *f, const be_batch_t *hb) { return fwd_run_mode(f, hb, FWD_LOGITS, NULL); }
+int fwd_run(fwd_t *f, const be_batch_t *hb) { return fwd_run_mode(f, hb, FWD_LOGITS, NULL, 0); }
 
-int fwd_run_argmax(fwd_t *f, const be_batch_t *hb) { return fwd_run_mode(f, hb, FWD_ARGMAX, NULL); }
+int fwd_run_argmax(fwd_t *f, const be_batch_t *hb) { return fwd_run_mode(f, hb, FWD_ARGMAX, NULL, 0); }
 
 int fwd_run_sample(fwd_t *f, const be_batch_t *hb, const be_sample_t *p) {
-  return fwd_run_mode(f, hb, FWD_SAMPLE, p);
+  return fwd_run_mode(f, hb, FWD_SAMPLE, p, 0);
 }
 
-static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int mode, const be_sample_t *sp) {
+int fwd_enqueue(fwd_t *f, const be_batch_t *hb, const be_sample_t *p, int slot) {
+  if (!f->be->ops->draw_rows || !f->be->ops->patch_tokens || !f->be->ops->draw_wait) {
+    log_error("forward: %s cannot run asynchronous steps", f->be->device);
+    return STRATA_EUNSUPPORTED;
+  }
+  return fwd_run_mode(f, hb, FWD_ASYNC, p, slot);
+}
+
+int fwd_wait(fwd_t *f, int slot, int n) {
+  if (n < 0 || n > f->max_logits) return STRATA_EINVAL;
+  return f->be->ops->draw_wait(f->be, slot, f->argmax_host, n);
+}
+
+static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int mode, const be_sample_t *sp, int slot) {
   const model_cfg_t *c = &f->m->cfg;
   const be_ops_t *op = f->be->ops;
   backend_t *be = f->be;
@@ -270,6 +283,8 @@ static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int mode, const be_sampl
   be_batch_t bb;
   int rc = op->batch_upload(be, &bb, hb);
   if (rc) return rc;
+  /* asynchronous steps: decode inputs that the previous step drew are read on the backend */
+  if (bb.prev_rows && (rc = op->patch_tokens(be, &bb)) != 0) return rc;
   const be_batch_t *b = &bb;
   const float scale = 1.0f / sqrtf((float)D);
 
@@ -338,9 +353,10 @@ static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int mode, const be_sampl
 
   /* final residual and norm, then logits only for the rows that sample */
   op->add_rmsnorm(be, f->xb, f->x, f->xo, f->w.out_norm.data, T, C, c->norm_eps);
-  if (b->n_logits == 0) return op->sync(be);
+  if (b->n_logits == 0) return mode == FWD_ASYNC ? op->draw_rows(be, slot, NULL, NULL, 0, V) : op->sync(be);
   op->gather_rows(be, f->lx, f->xb, b->logit_rows, b->n_logits, C);
   op->matmul(be, f->logits, f->lx, &f->w.output, NULL, b->n_logits);
+  if (mode == FWD_ASYNC) return op->draw_rows(be, slot, f->logits, sp, b->n_logits, V);
   if (mode == FWD_ARGMAX) return op->argmax_rows(be, f->argmax_host, f->logits, b->n_logits, V);
   if (mode == FWD_SAMPLE) return op->sample_rows(be, f->argmax_host, f->logits, sp, b->n_logits, V);
   return op->to_host_f32(be, f->logits_host, f->logits, (int64_t)b->n_logits * V);

@@ -75,4 +75,12 @@ int fwd_run_argmax(fwd_t *f, const be_batch_t *b);
  * backends with the optional sample_rows op. */
 int fwd_run_sample(fwd_t *f, const be_batch_t *b, const be_sample_t *p);
 
+/* fwd_enqueue: fwd_run_argmax (P NULL) or fwd_run_sample without waiting for the ids (backends with
+ * draw_rows): the step is enqueued and its B->n_logits ids travel to the backend's host slot SLOT (0 or 1).
+ * B->prev_rows, when set, takes decode inputs from the previous fwd_enqueue's ids (see patch_tokens).
+ * Host arrays of B and P may be rewritten once it returns. fwd_wait(F, SLOT, N) then waits for them and
+ * leaves the N ids in f->argmax_host. Both return 0 or a STRATA_E* code. */
+int fwd_enqueue(fwd_t *f, const be_batch_t *b, const be_sample_t *p, int slot);
+int fwd_wait(fwd_t *f, int slot, int n);
+
 #endif

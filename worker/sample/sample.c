@@ -378,6 +378,17 @@ static int32_t sample_random(sampler_t *s, const sampling_params_t *sp, float *l
   return gumbel_draw(l, v, n, sp->seed, position);
 }
 
+/* draw: the token of LOGITS (processed) at POSITION, or -1 when every logit is -inf or NaN. */
+static int32_t draw(sampler_t *s, const sampling_params_t *sp, float *logits, uint64_t position) {
+  /* NOTE: below 1e-5 the scaled logits would overflow float and the draw is argmax anyway */
+  return sp->temperature < 1e-5f ? argmax_lowest(logits, s->vocab_size) : sample_random(s, sp, logits, position);
+}
+
+int32_t sampler_draw(sampler_t *s, const sampling_params_t *sp, float *logits, uint64_t position) {
+  if (!s || !s->buf || !sp || !logits) return -1;
+  return draw(s, sp, logits, position);
+}
+
 int sampler_sample(sampler_t *s, const sampling_params_t *sp, float *logits, const int32_t *history, int n_history,
                    int n_prompt, const int32_t *eos_ids, int n_eos, sample_result_t *out) {
   char err[160];
@@ -401,9 +412,7 @@ int sampler_sample(sampler_t *s, const sampling_params_t *sp, float *logits, con
     apply_penalties(sp, logits, s->counts, history, n_history, n_prompt);
   if (n_history - n_prompt < sp->min_tokens) mask_stops(sp, logits, vocab, eos_ids, n_eos);
 
-  /* NOTE: below 1e-5 the scaled logits would overflow float and the draw is argmax anyway */
-  int32_t tok = sp->temperature < 1e-5f ? argmax_lowest(logits, vocab)
-                                        : sample_random(s, sp, logits, (uint64_t)n_history);
+  int32_t tok = draw(s, sp, logits, (uint64_t)n_history);
   if (tok < 0) {
     log_error("sampler: every logit is -inf or NaN after masking (vocabulary %d, position %d)", vocab, n_history);
     return STRATA_EINVAL;

@@ -72,6 +72,12 @@ void sampler_deinit(sampler_t *s);
 int sampler_sample(sampler_t *s, const sampling_params_t *sp, float *logits, const int32_t *history, int n_history,
                    int n_prompt, const int32_t *eos_ids, int n_eos, sample_result_t *out);
 
+/* sampler_draw: the draw of sampler_sample alone (no penalties, no masking, no logprobs): temperature,
+ * top-k, top-p and min-p of SP, then the Gumbel-max draw at POSITION (the N_HISTORY of sampler_sample).
+ * LOGITS (V) are modified in place. Returns the token, or -1 when every logit is -inf or NaN (or an
+ * argument is NULL). For backends that implement the device draw on the host. */
+int32_t sampler_draw(sampler_t *s, const sampling_params_t *sp, float *logits, uint64_t position);
+
 /* rng_uniform: the counter-based generator: a uniform float in [0, 1) for (SEED, POSITION, INDEX).
  * Exactly: w = Philox4x32-10(counter {INDEX / 4, POSITION lo32, POSITION hi32, 0}, key {SEED lo32,
  * SEED hi32}); u = (w[INDEX % 4] >> 8) * 2^-24. Four consecutive ids share one Philox call; a GPU

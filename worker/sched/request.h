@@ -26,7 +26,10 @@ typedef enum {
 typedef struct req {
   uint64_t id;
   int32_t *tokens;      /* (cap_tokens) prompt then generated ids; owned */
-  int n_tokens;         /* prompt + generated */
+  int n_tokens;         /* prompt + generated (placeholders included) */
+  int n_placeholders;   /* 0 or 1: the last token is drawn by a step still in flight (asynchronous
+                           scheduling), its value unknown until sched_fill; ph_row is its logit row there */
+  int ph_row;
   int cap_tokens;
   int n_prompt;
   int n_computed;       /* tokens whose KV is in the cache */
@@ -55,5 +58,7 @@ void req_append(req_t *r, int32_t token);
 void req_deinit(req_t *r);
 
 static inline int req_n_generated(const req_t *r) { return r->n_tokens - r->n_prompt; }
+/* req_n_known: tokens whose value is known (placeholders excluded). */
+static inline int req_n_known(const req_t *r) { return r->n_tokens - r->n_placeholders; }
 
 #endif

@@ -262,6 +262,53 @@ int sched_update(sched_t *s, const sched_out_t *out, const int32_t *sampled, req
   return n_finished;
 }
 
+/* length_done: R ends after its last token whatever the value of that token. */
+static int length_done(const req_t *r) { return req_n_generated(r) >= r->sp.max_tokens || r->n_tokens >= r->max_len; }
+
+void sched_advance(sched_t *s, const sched_out_t *out) {
+  for (int i = 0, row = 0; i < out->n_items; i++) {
+    const sched_item_t *it = &out->items[i];
+    req_t *r = it->req;
+    int my_row = it->sample ? row++ : -1;
+    if (!r || r->state != REQ_RUNNING || r->n_computed != it->start) continue;
+    r->n_computed = it->start + it->n;
+    kv_commit(s->kv, &r->kv, r->tokens, r->n_computed);
+    if (!it->sample) continue;
+    req_append(r, 0); /* the value comes with sched_fill; the scheduler needs only the count */
+    r->n_placeholders = 1;
+    r->ph_row = my_row;
+    if (!length_done(r)) continue;
+    queue_remove(&s->running, r);
+    kv_release(s->kv, &r->kv);
+    r->state = REQ_FINISHED;
+    r->finish = FINISH_LENGTH;
+  }
+}
+
+int sched_fill(sched_t *s, const sched_out_t *out, const int32_t *sampled, req_t **finished) {
+  int n_finished = 0;
+  for (int i = 0; i < out->n_items; i++) {
+    const sched_item_t *it = &out->items[i];
+    req_t *r = it->req;
+    if (!r || !it->sample || r->n_placeholders == 0) continue;
+    r->tokens[r->n_tokens - 1] = sampled[i];
+    r->n_placeholders = 0;
+    finish_reason_t fin = check_finish(r, sampled[i]);
+    if (r->state == REQ_FINISHED) { /* sched_advance ended it: the token decides STOP or LENGTH */
+      r->finish = fin != FINISH_NONE ? fin : FINISH_LENGTH;
+      finished[n_finished++] = r;
+      continue;
+    }
+    if (fin == FINISH_NONE) continue;
+    queue_remove(r->state == REQ_RUNNING ? &s->running : &s->waiting, r);
+    kv_release(s->kv, &r->kv);
+    r->state = REQ_FINISHED;
+    r->finish = fin;
+    finished[n_finished++] = r;
+  }
+  return n_finished;
+}
+
 void sched_abort(sched_t *s, req_t *r) {
   if (r->state == REQ_FINISHED) return;
   /* the state names the queue: a request's links alone cannot tell running from waiting */

@@ -83,6 +83,27 @@ int sched_schedule(sched_t *s, sched_out_t *out);
  * sched_schedule are skipped. */
 int sched_update(sched_t *s, const sched_out_t *out, const int32_t *sampled, req_t **finished);
 
+/* Asynchronous scheduling splits sched_update in two around a step whose tokens are drawn on the device
+ * and not known yet when the next step is scheduled:
+ *
+ * sched_advance: what sched_update does that needs no token value, right after step OUT is enqueued: each
+ * scheduled request advances n_computed and commits its full blocks, and a request that samples gets a
+ * placeholder token (n_placeholders 1, ph_row its logit row in the step: sampled items count in order,
+ * those with req NULL included), so the next sched_schedule runs its decode at the right position. A
+ * request whose length alone ends it (sp.max_tokens generated or n_tokens == max_len, placeholder
+ * counted) leaves the running queue and releases its blocks now, as sched_update would before the next
+ * step: it is REQ_FINISHED with FINISH_LENGTH until sched_fill gives its final reason. The tokens before
+ * the placeholders must be known (sched_fill of the previous step first). Items with req NULL (requests
+ * gone since) are skipped.
+ *
+ * sched_fill: the rest, once the ids are known: SAMPLED[i] replaces item i's placeholder, then the stop
+ * checks of sched_update. A request that finishes leaves whichever queue holds it (it may have been
+ * preempted since sched_advance) with its blocks released, and is written to FINISHED (capacity >=
+ * out->n_items) with those sched_advance finished; returns how many. A finished request is never
+ * computed again; a step already enqueued that computes it must drop its result. */
+void sched_advance(sched_t *s, const sched_out_t *out);
+int sched_fill(sched_t *s, const sched_out_t *out, const int32_t *sampled, req_t **finished);
+
 /* sched_abort: removes R from whichever queue holds it, releases its blocks, finishes it with
  * FINISH_ABORT. A finished request is left as it is. */
 void sched_abort(sched_t *s, req_t *r);

@@ -8,9 +8,16 @@
 #include "common/status.h"
 #include "kernels/kernels.h"
 #include "worker/backend/backend.h"
+#include "worker/sample/sample.h"
 
 typedef struct {
   kern_pool_t *pool; /* created once; used only from the thread that calls the backend */
+  /* asynchronous steps, run synchronously here: the last draw_rows' ids (what patch_tokens reads), each
+   * host slot's copy of its ids, the patched tokens, and the sampler and row copy of sampled draws */
+  int32_t *ids, *slot_ids[2], *tok;
+  int ids_cap, slot_cap[2], tok_cap;
+  sampler_t sampler;
+  float *row;
 } cpu_ctx_t;
 
 static kern_pool_t *cpu_pool(backend_t *be) { return ((cpu_ctx_t *)be->ctx)->pool; }
@@ -167,6 +174,79 @@ static int cpu_argmax_rows(backend_t *be, int32_t *host_out, const void *x, int 
   return 0;
 }
 
+/* grow_ids: *P holds at least N int32 (contents kept). */
+static int grow_ids(int32_t **p, int *cap, int n) {
+  if (n <= *cap) return 0;
+  int c = n < 256 ? 256 : 2 * n;
+  int32_t *q = realloc(*p, sizeof *q * (size_t)c);
+  if (!q) {
+    log_error("cpu backend: out of memory for %d token ids", c);
+    return STRATA_ENOMEM;
+  }
+  *p = q;
+  *cap = c;
+  return 0;
+}
+
+/* cpu_patch_tokens: a copy of the batch's tokens with the rows of prev_rows taken from the last draw. */
+static int cpu_patch_tokens(backend_t *be, be_batch_t *b) {
+  cpu_ctx_t *c = be->ctx;
+  if (!b->prev_rows || b->n_tokens <= 0) return 0;
+  int rc = grow_ids(&c->tok, &c->tok_cap, b->n_tokens);
+  if (rc) return rc;
+  for (int t = 0; t < b->n_tokens; t++) {
+    int j = b->prev_rows[t];
+    c->tok[t] = j >= 0 && j < c->ids_cap ? c->ids[j] : b->tokens[t];
+  }
+  b->tokens = c->tok;
+  return 0;
+}
+
+/* cpu_sample_row: sample_rows' draw for one row, with the host sampler's code (it is the reference). */
+static int32_t cpu_sample_row(cpu_ctx_t *c, const float *x, const be_sample_t *p, int V) {
+  if (c->sampler.vocab_size != V) {
+    sampler_deinit(&c->sampler);
+    free(c->row);
+    c->row = malloc(sizeof *c->row * (size_t)V);
+    if (!c->row || sampler_init(&c->sampler, V)) {
+      log_error("cpu backend: out of memory for sampling a vocabulary of %d", V);
+      return -1;
+    }
+  }
+  sampling_params_t sp;
+  sampling_params_default(&sp);
+  sp.temperature = p->temperature;
+  sp.top_k = p->top_k;
+  sp.top_p = p->top_p;
+  sp.min_p = p->min_p;
+  sp.seed = p->seed;
+  memcpy(c->row, x, sizeof *c->row * (size_t)V); /* the draw scales in place; X stays as it was */
+  return sampler_draw(&c->sampler, &sp, c->row, p->position);
+}
+
+/* cpu_draw_rows: computes at once; the "transfer" to SLOT is a copy. A row with nothing to draw gets -1. */
+static int cpu_draw_rows(backend_t *be, int slot, const void *x, const be_sample_t *p, int n, int V) {
+  cpu_ctx_t *c = be->ctx;
+  if (slot < 0 || slot > 1) return STRATA_EINVAL;
+  int rc = grow_ids(&c->ids, &c->ids_cap, n);
+  if (!rc) rc = grow_ids(&c->slot_ids[slot], &c->slot_cap[slot], n);
+  if (rc || n <= 0) return rc;
+  if (!p) {
+    cpu_argmax_rows(be, c->ids, x, n, V);
+  } else {
+    for (int r = 0; r < n; r++) c->ids[r] = cpu_sample_row(c, (const float *)x + (size_t)r * (size_t)V, &p[r], V);
+  }
+  memcpy(c->slot_ids[slot], c->ids, sizeof *c->ids * (size_t)n);
+  return 0;
+}
+
+static int cpu_draw_wait(backend_t *be, int slot, int32_t *host_out, int n) {
+  cpu_ctx_t *c = be->ctx;
+  if (slot < 0 || slot > 1 || n > c->slot_cap[slot]) return STRATA_EINVAL;
+  if (n > 0) memcpy(host_out, c->slot_ids[slot], sizeof *host_out * (size_t)n);
+  return 0;
+}
+
 static const be_ops_t cpu_ops = {
     .name = "cpu",
     .destroy = backend_cpu_destroy,
@@ -191,6 +271,9 @@ static const be_ops_t cpu_ops = {
     .gather_rows = cpu_gather_rows,
     .to_host_f32 = cpu_to_host_f32,
     .argmax_rows = cpu_argmax_rows,
+    .patch_tokens = cpu_patch_tokens,
+    .draw_rows = cpu_draw_rows,
+    .draw_wait = cpu_draw_wait,
 };
 
 int backend_cpu_create(backend_t **out, int n_threads) {
@@ -221,7 +304,15 @@ fail:
 void backend_cpu_destroy(backend_t *be) {
   if (!be) return;
   cpu_ctx_t *ctx = be->ctx;
-  if (ctx) kern_pool_free(ctx->pool);
+  if (ctx) {
+    kern_pool_free(ctx->pool);
+    sampler_deinit(&ctx->sampler);
+    free(ctx->row);
+    free(ctx->ids);
+    free(ctx->slot_ids[0]);
+    free(ctx->slot_ids[1]);
+    free(ctx->tok);
+  }
   free(ctx);
   free(be);
 }

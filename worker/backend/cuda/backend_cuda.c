@@ -11,6 +11,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "kernels/kernels_cuda.h"
+#include "kernels/kernels_cuda_ids.h"
 #include "kernels/kernels_cuda_sample.h"
 
 #define GEMM_CACHE 256                 /* cached cuBLASLt plans, keyed by (N, K, T, dtype) */
@@ -35,6 +36,7 @@ typedef struct {
 #define GRAPH_CACHE 32
 typedef struct {
   int T, S, max_blocks, n_logits;
+  int patch; /* the batch has prev_rows (its layout differs, and the graph holds patch_tokens) */
   cudaGraphExec_t exec;
 } graph_entry_t;
 enum { STEP_EAGER = 0, STEP_CAPTURE, STEP_REPLAY };
@@ -70,6 +72,16 @@ typedef struct {
   void *sample_scratch;
   size_t sample_scratch_cap;
   size_t f32_cap;
+  /* asynchronous steps (draw_rows): the drawn ids on the device, which patch_tokens reads (a captured graph
+   * reads them at this address: a new buffer clears the graphs), with the sampling parameters; per host
+   * slot the pinned ids and parameters, and an event after the slot's download */
+  int32_t *draw_dev;
+  be_sample_t *draw_sp_dev;
+  int draw_cap;
+  int32_t *draw_host[2];
+  be_sample_t *draw_sp_host[2];
+  int draw_host_cap[2];
+  cudaEvent_t draw_done[2];
   /* weight uploads: double-buffered pinned host and device staging */
   void *stage_host[2], *stage_dev[2];
   cudaEvent_t stage_free[2];
@@ -109,7 +121,7 @@ static void step_begin(cuda_ctx_t *c, const be_batch_t *b) {
   for (int i = 0; i < GRAPH_CACHE; i++) {
     graph_entry_t *g = &c->graphs[i];
     if (g->exec && g->T == b->n_tokens && g->S == b->n_seqs && g->max_blocks == b->max_blocks &&
-        g->n_logits == b->n_logits) {
+        g->n_logits == b->n_logits && g->patch == (b->prev_rows != NULL)) {
       c->step_graph = g;
       c->step_mode = STEP_REPLAY;
       return;
@@ -123,7 +135,8 @@ static void step_begin(cuda_ctx_t *c, const be_batch_t *b) {
     c->graph_next = (c->graph_next + 1) % GRAPH_CACHE;
     cudaGraphExecDestroy(g->exec);
   }
-  *g = (graph_entry_t){.T = b->n_tokens, .S = b->n_seqs, .max_blocks = b->max_blocks, .n_logits = b->n_logits};
+  *g = (graph_entry_t){.T = b->n_tokens, .S = b->n_seqs, .max_blocks = b->max_blocks, .n_logits = b->n_logits,
+                       .patch = b->prev_rows != NULL};
   if (cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
     cudaGetLastError();
     return;
@@ -411,6 +424,7 @@ static int cuda_batch_upload(backend_t *be, be_batch_t *dst, const be_batch_t *s
       {src->q_start, (size_t)S + 1, &dst->q_start},   {src->kv_len, (size_t)S, &dst->kv_len},
       {src->block_table, (size_t)S * (size_t)(src->max_blocks > 0 ? src->max_blocks : 0), &dst->block_table},
       {src->logit_rows, (size_t)(src->n_logits > 0 ? src->n_logits : 0), &dst->logit_rows},
+      {src->prev_rows, (size_t)T, &dst->prev_rows},
   };
   *dst = *src;
   size_t total = 0;
@@ -760,6 +774,8 @@ static int cuda_argmax_rows_op(backend_t *be, int32_t *host_out, const void *x, 
   return rc ? rc : rs;
 }
 
+static int sample_scratch_reserve(cuda_ctx_t *c, int n, int V);
+
 static int cuda_sample_rows_op(backend_t *be, int32_t *host_out, const void *x, const be_sample_t *p, int n,
                                int V) {
   cuda_ctx_t *c = ctx_of(be);
@@ -767,15 +783,7 @@ static int cuda_sample_rows_op(backend_t *be, int32_t *host_out, const void *x, 
   int rc = step_end(c);
   if (!rc) rc = ids_reserve(c, n);
   if (rc) return rc;
-  size_t need = cuda_sample_scratch_bytes(n, V);
-  if (need > c->sample_scratch_cap) {
-    if ((rc = cu_ok(cudaStreamSynchronize(c->stream), "sampling scratch")) != 0) return rc;
-    cudaFree(c->sample_scratch);
-    c->sample_scratch = NULL;
-    c->sample_scratch_cap = 0;
-    if ((rc = cu_ok(cudaMalloc(&c->sample_scratch, need), "sampling scratch")) != 0) return rc;
-    c->sample_scratch_cap = need;
-  }
+  if ((rc = sample_scratch_reserve(c, n, V)) != 0) return rc;
   rc = cu_ok(cudaMemcpyAsync(c->sp_dev, p, (size_t)n * sizeof *p, cudaMemcpyHostToDevice, c->stream),
              "sampling parameters upload");
   if (!rc) rc = cuda_sample_rows(c->am_dev, x, c->sp_dev, n, V, be->act_dtype, c->sample_scratch, c->stream);
@@ -784,6 +792,102 @@ static int cuda_sample_rows_op(backend_t *be, int32_t *host_out, const void *x, 
                "sampled ids download");
   int rs = cuda_sync(be);
   return rc ? rc : rs;
+}
+
+/* ---- asynchronous steps ---- */
+
+/* cuda_patch_tokens_op: in the step (captured with it): the batch's own token array is patched in place. */
+static int cuda_patch_tokens_op(backend_t *be, be_batch_t *b) {
+  if (replaying(be) || !b->prev_rows || b->n_tokens <= 0) return 0;
+  cuda_ctx_t *c = ctx_of(be);
+  int rc = cuda_patch_tokens((int32_t *)b->tokens, b->prev_rows, c->draw_dev, b->n_tokens, c->stream);
+  note(be, rc);
+  return rc;
+}
+
+/* draw_reserve: room for N drawn ids on the device and in host SLOT (whose last download was waited for). */
+static int draw_reserve(cuda_ctx_t *c, int slot, int n) {
+  int rc = 0;
+  if (n > c->draw_cap) {
+    int cap = n < 256 ? 256 : 2 * n;
+    if ((rc = cu_ok(cudaStreamSynchronize(c->stream), "token id buffer")) != 0) return rc;
+    graphs_clear(c); /* captured steps patch their tokens from the old buffer */
+    cudaFree(c->draw_dev);
+    cudaFree(c->draw_sp_dev);
+    c->draw_dev = NULL;
+    c->draw_sp_dev = NULL;
+    c->draw_cap = 0;
+    if (cu_ok(cudaMalloc((void **)&c->draw_dev, (size_t)cap * 4), "token id buffer") ||
+        cu_ok(cudaMalloc((void **)&c->draw_sp_dev, (size_t)cap * sizeof(be_sample_t)), "sampling parameters"))
+      return STRATA_ENOMEM;
+    c->draw_cap = cap;
+  }
+  if (n > c->draw_host_cap[slot]) {
+    int cap = n < 256 ? 256 : 2 * n;
+    cudaFreeHost(c->draw_host[slot]);
+    cudaFreeHost(c->draw_sp_host[slot]);
+    c->draw_host[slot] = NULL;
+    c->draw_sp_host[slot] = NULL;
+    c->draw_host_cap[slot] = 0;
+    if (cu_ok(cudaHostAlloc((void **)&c->draw_host[slot], (size_t)cap * 4, cudaHostAllocDefault), "pinned ids") ||
+        cu_ok(cudaHostAlloc((void **)&c->draw_sp_host[slot], (size_t)cap * sizeof(be_sample_t), cudaHostAllocDefault),
+              "pinned sampling parameters"))
+      return STRATA_ENOMEM;
+    c->draw_host_cap[slot] = cap;
+  }
+  if (!c->draw_done[slot]) rc = cu_ok(cudaEventCreateWithFlags(&c->draw_done[slot], cudaEventDisableTiming), "event");
+  return rc;
+}
+
+/* sample_scratch_reserve: cuda_sample_rows' scratch for N rows of V. */
+static int sample_scratch_reserve(cuda_ctx_t *c, int n, int V) {
+  size_t need = cuda_sample_scratch_bytes(n, V);
+  if (need <= c->sample_scratch_cap) return 0;
+  int rc = cu_ok(cudaStreamSynchronize(c->stream), "sampling scratch");
+  if (rc) return rc;
+  cudaFree(c->sample_scratch);
+  c->sample_scratch = NULL;
+  c->sample_scratch_cap = 0;
+  if ((rc = cu_ok(cudaMalloc(&c->sample_scratch, need), "sampling scratch")) != 0) return rc;
+  c->sample_scratch_cap = need;
+  return 0;
+}
+
+/* cuda_draw_rows: the draw and the download are enqueued behind the step; nothing waits. The parameters go
+ * through the slot's pinned buffer so that their upload is truly asynchronous. */
+static int cuda_draw_rows(backend_t *be, int slot, const void *x, const be_sample_t *p, int n, int V) {
+  cuda_ctx_t *c = ctx_of(be);
+  if (slot < 0 || slot > 1 || n < 0) return STRATA_EINVAL;
+  int rc = step_end(c);
+  if (!rc) rc = draw_reserve(c, slot, n);
+  if (!rc && n > 0 && p) rc = sample_scratch_reserve(c, n, V);
+  if (rc) return rc;
+  if (n > 0 && p) {
+    memcpy(c->draw_sp_host[slot], p, (size_t)n * sizeof *p);
+    rc = cu_ok(cudaMemcpyAsync(c->draw_sp_dev, c->draw_sp_host[slot], (size_t)n * sizeof *p, cudaMemcpyHostToDevice,
+                               c->stream), "sampling parameters upload");
+    if (!rc) rc = cuda_sample_rows(c->draw_dev, x, c->draw_sp_dev, n, V, be->act_dtype, c->sample_scratch, c->stream);
+  } else if (n > 0) {
+    rc = cuda_argmax_rows(c->draw_dev, x, n, V, be->act_dtype, c->stream);
+  }
+  if (!rc && n > 0)
+    rc = cu_ok(cudaMemcpyAsync(c->draw_host[slot], c->draw_dev, (size_t)n * 4, cudaMemcpyDeviceToHost, c->stream),
+               "drawn ids download");
+  if (!rc) rc = cu_ok(cudaEventRecord(c->draw_done[slot], c->stream), "drawn ids event");
+  return rc;
+}
+
+/* cuda_draw_wait: an error noted by any op enqueued so far (this step's or the next one's) is reported here. */
+static int cuda_draw_wait(backend_t *be, int slot, int32_t *host_out, int n) {
+  cuda_ctx_t *c = ctx_of(be);
+  if (slot < 0 || slot > 1 || n < 0 || n > c->draw_host_cap[slot]) return STRATA_EINVAL;
+  int rc = c->draw_done[slot] ? cu_ok(cudaEventSynchronize(c->draw_done[slot]), "waiting for a step") : 0;
+  if (!rc && c->err) {
+    rc = c->err;
+    c->err = 0;
+  }
+  if (!rc && n > 0) memcpy(host_out, c->draw_host[slot], (size_t)n * 4);
+  return rc;
 }
 
 static const be_ops_t cuda_ops = {
@@ -813,6 +917,9 @@ static const be_ops_t cuda_ops = {
     .to_host_f32 = cuda_to_host_f32,
     .argmax_rows = cuda_argmax_rows_op,
     .sample_rows = cuda_sample_rows_op,
+    .patch_tokens = cuda_patch_tokens_op,
+    .draw_rows = cuda_draw_rows,
+    .draw_wait = cuda_draw_wait,
 };
 
 int backend_cuda_available(void) { return cuda_device_count() > 0; }
@@ -933,6 +1040,13 @@ void backend_cuda_destroy(backend_t *be) {
     cudaFree(c->am_dev);
     cudaFree(c->sp_dev);
     cudaFree(c->sample_scratch);
+    cudaFree(c->draw_dev);
+    cudaFree(c->draw_sp_dev);
+    for (int i = 0; i < 2; i++) {
+      cudaFreeHost(c->draw_host[i]);
+      cudaFreeHost(c->draw_sp_host[i]);
+      if (c->draw_done[i]) cudaEventDestroy(c->draw_done[i]);
+    }
     for (int i = 0; i < 2; i++) {
       cudaFreeHost(c->stage_host[i]);
       cudaFree(c->stage_dev[i]);
