@@ -64,28 +64,17 @@ int cuda_add_rmsnorm(void *out, void *residual, const void *x, const float *w, i
 int cuda_gemv(void *out, const void *x, const void *w, int N, int K, const float *bias, int T, dtype_t act,
               cudaStream_t stream);
 
-/* cuda_gemv_impl: cuda_gemv with a chosen version, for benchmarks: 0 the first (8 loads in flight per lane,
- * plain launch), 1 version 2 (16 in flight for T <= 2, programmatic dependent launch on sm_90 unless
- * STRATA_CUDA_PDL=0), 2 as 1 without the dependent launch, 3 as 0 with it (unless STRATA_CUDA_PDL=0).
- * cuda_gemv picks the version per shape (the fastest measured on H100: for K >= 12288 0 at T 1 and 3 above,
- * else 1 for N >= 4K or N <= K/2, else 3); STRATA_CUDA_GEMV=v1 forces 3 and =v2 forces 1 everywhere. All give the same bits (each lane sums its
- * slice of K in the same order), so the choice never changes a result. */
+/* cuda_gemv_impl: cuda_gemv with a chosen version, for benchmarks: 0 the first (a row per warp, 8 loads in
+ * flight per lane, plain launch), 1 version 2 (16 in flight for T <= 2, programmatic dependent launch on sm_90
+ * unless STRATA_CUDA_PDL=0), 2 as 1 without the dependent launch, 3 as 0 with it; for T <= 2 only, version 3
+ * ("coop": a block of 4 warps streams each row together, then adds its partial sums): 4, 5, 7 with 4, 8, 16
+ * loads in flight per thread and a row per block, 6 with 4 loads and 2 rows per block. cuda_gemv picks the
+ * version per shape (the fastest measured on H100: 5 for T <= 2, 4 where K >= 12288; above, 1 for N >= 4K or
+ * N <= K/2, else 3); STRATA_CUDA_GEMV=v1 forces 3, =v2 forces 1, =cN forces coop version N (T <= 2).
+ * Versions 0..3 give the same bits (each lane sums its slice of K in the same order), as do 4..7 among
+ * themselves; the two families differ in the last bits. */
 int cuda_gemv_impl(int impl, void *out, const void *x, const void *w, int N, int K, const float *bias, int T,
                    dtype_t act, cudaStream_t stream);
-
-/* cuda_gemv_swiglu: the down projection of a fused gate|up with SwiGLU folded in, for 1 <= T <=
- * CUDA_SWIGLU_MAX_T: out(T,N) = h @ w(N,F)^T with h(T,F) = silu(gu[:, :F]) * gu[:, F:2F] of GU(T,2F) (rows 2F
- * apart), h rounded to ACT as cuda_silu_mul_ld stores it, so the result has the bits of cuda_silu_mul_ld
- * then cuda_gemv; h is recomputed in shared memory by each block and never written to device memory.
- * Programmatic dependent launch on sm_90 (unless STRATA_CUDA_PDL=0). OUT must not overlap GU. Returns 0,
- * STRATA_EUNSUPPORTED without logging (T outside 1..CUDA_SWIGLU_MAX_T, or T*F elements of ACT do not fit in
- * one block's shared memory: the caller runs cuda_silu_mul_ld and cuda_gemv instead) or STRATA_EIO.
- * cuda_gemv_swiglu_impl: the same with the dependent launch off (PDL 0), for benchmarks. */
-#define CUDA_SWIGLU_MAX_T 2
-int cuda_gemv_swiglu(void *out, const void *gu, const void *w, int N, int F, int T, dtype_t act,
-                     cudaStream_t stream);
-int cuda_gemv_swiglu_impl(int pdl, void *out, const void *gu, const void *w, int N, int F, int T, dtype_t act,
-                          cudaStream_t stream);
 
 /* out(T,N) += bias(N) (f32), after a cuBLASLt product. */
 int cuda_add_bias(void *out, const float *bias, int T, int N, dtype_t act, cudaStream_t stream);

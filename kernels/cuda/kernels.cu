@@ -146,14 +146,72 @@ __global__ void rmsnorm_kernel(T *out, T *res, const T *x, const float *w, int C
   for (int c = threadIdx.x; c < C; c += blockDim.x) st(&o[c], ld(&src[c]) * inv * w[c]);
 }
 
+// The vector version: thread i owns the 16-byte chunk i of the row (C % (16 / sizeof(T)) == 0 and at most 1,024
+// chunks), keeps its values in registers between the sum and the scaling, and loads its norm weights before
+// the dependent launch waits: one round trip to memory where the loop above makes two. The same expressions per
+// element as rmsnorm_kernel; the sum of squares is added in another order.
+template <typename T, bool ADD>
+__global__ void rmsnorm_vec_kernel(T *out, T *res, const T *x, const float *w, int C, float eps) {
+  constexpr int E = 16 / sizeof(T);
+  __shared__ float red[32];
+  const int c = threadIdx.x * E;
+  const bool on = c < C;
+  float wf[E];
+#pragma unroll
+  for (int e = 0; e < E; e++) wf[e] = on ? w[c + e] : 0.0f;  // weights: ready before the previous kernel
+  pdl_trigger();
+  pdl_wait();
+  const size_t row = blockIdx.x;
+  float v[E], ss = 0.0f;
+  if (on) {
+    uint4 xv = *(const uint4 *)(x + row * C + c);
+    const T *xe = (const T *)&xv;
+    if (ADD) {
+      uint4 rv = *(const uint4 *)(res + row * C + c), ov;
+      const T *re = (const T *)&rv;
+      T *oe = (T *)&ov;
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        v[e] = rnd<T>(ld(&re[e]) + ld(&xe[e]));
+        st(&oe[e], v[e]);
+      }
+      *(uint4 *)(res + row * C + c) = ov;
+    } else {
+#pragma unroll
+      for (int e = 0; e < E; e++) v[e] = ld(&xe[e]);
+    }
+#pragma unroll
+    for (int e = 0; e < E; e++) ss += v[e] * v[e];
+  }
+  const float inv = rsqrtf(block_sum(ss, red) / (float)C + eps);
+  if (on) {
+    uint4 ov;
+    T *oe = (T *)&ov;
+#pragma unroll
+    for (int e = 0; e < E; e++) st(&oe[e], v[e] * inv * wf[e]);
+    *(uint4 *)(out + row * C + c) = ov;
+  }
+}
+
 static int norm_threads(int C) { return C >= 1024 ? 1024 : C >= 256 ? 256 : 32 * ((C + 31) / 32); }
+
+// norm_go: the vector version where the row splits into at most 1,024 aligned 16-byte chunks, else the loop
+template <typename T, bool ADD>
+static cudaError_t norm_go(T *out, T *res, const T *x, const float *w, int rows, int C, float eps, cudaStream_t s) {
+  constexpr int E = 16 / sizeof(T);
+  const int chunks = C / E;
+  if (C % E == 0 && chunks <= 1024 && (((uintptr_t)out | (uintptr_t)res | (uintptr_t)x) % 16) == 0) {
+    const int threads = (chunks + 31) / 32 * 32;
+    return pdl_launch(rmsnorm_vec_kernel<T, ADD>, dim3(rows), dim3(threads), 0, s, 1, out, res, x, w, C, eps);
+  }
+  return pdl_launch(rmsnorm_kernel<T, ADD>, dim3(rows), dim3(norm_threads(C)), 0, s, 1, out, res, x, w, C, eps);
+}
 
 extern "C" int cuda_rmsnorm(void *out, const void *x, const float *w, int rows, int C, float eps, dtype_t act,
                             cudaStream_t stream) {
   if (rows <= 0) return 0;
   cudaError_t e = cudaSuccess;
-  DISPATCH_ACT(act, e = pdl_launch(rmsnorm_kernel<T, false>, dim3(rows), dim3(norm_threads(C)), 0, stream, 1,
-                                   (T *)out, (T *)NULL, (const T *)x, w, C, eps));
+  DISPATCH_ACT(act, e = norm_go<T, false>((T *)out, (T *)NULL, (const T *)x, w, rows, C, eps, stream));
   return launch_status(e, "rmsnorm");
 }
 
@@ -161,8 +219,7 @@ extern "C" int cuda_add_rmsnorm(void *out, void *residual, const void *x, const 
                                 dtype_t act, cudaStream_t stream) {
   if (rows <= 0) return 0;
   cudaError_t e = cudaSuccess;
-  DISPATCH_ACT(act, e = pdl_launch(rmsnorm_kernel<T, true>, dim3(rows), dim3(norm_threads(C)), 0, stream, 1,
-                                   (T *)out, (T *)residual, (const T *)x, w, C, eps));
+  DISPATCH_ACT(act, e = norm_go<T, true>((T *)out, (T *)residual, (const T *)x, w, rows, C, eps, stream));
   return launch_status(e, "add_rmsnorm");
 }
 
@@ -187,12 +244,12 @@ __device__ __forceinline__ void gemv_prefetch(uint4 (&wv)[U], const T *wr, int k
 }
 
 // gemv_row: a warp's dot products of weight row WR (K elements, the lane's first U loads already in WV) with
-// the NT rows of X (LDX elements apart; shared memory when XS, else global through the read-only path). ACC[t]
+// the NT rows of X (K elements apart, read through the read-only path). ACC[t]
 // gets the lane's partial sum, its slice of K added in a fixed order whatever the variant (so every variant
 // gives the same bits). KV: the 16-byte vector part of K (K, or 0 when rows are not 16-byte aligned).
-template <typename T, int NT, int U, bool XS>
-__device__ __forceinline__ void gemv_row(float (&acc)[NT], uint4 (&wv)[U], const T *wr, const T *x, size_t ldx,
-                                         int K, int kv, int lane) {
+template <typename T, int NT, int U>
+__device__ __forceinline__ void gemv_row(float (&acc)[NT], uint4 (&wv)[U], const T *wr, const T *x, int K, int kv,
+                                         int lane) {
   constexpr int E = 16 / sizeof(T);
 #pragma unroll
   for (int t = 0; t < NT; t++) acc[t] = 0.0f;
@@ -207,8 +264,7 @@ __device__ __forceinline__ void gemv_row(float (&acc)[NT], uint4 (&wv)[U], const
       for (int e = 0; e < E; e++) wf[e] = ld(&we[e]);
 #pragma unroll
       for (int t = 0; t < NT; t++) {
-        const uint4 *xp = (const uint4 *)(x + (size_t)t * ldx + k);
-        uint4 xv = XS ? *xp : __ldg(xp);
+        uint4 xv = __ldg((const uint4 *)(x + (size_t)t * K + k));
         const T *xe = (const T *)&xv;
 #pragma unroll
         for (int e = 0; e < E; e++) acc[t] += wf[e] * ld(&xe[e]);
@@ -225,7 +281,7 @@ __device__ __forceinline__ void gemv_row(float (&acc)[NT], uint4 (&wv)[U], const
   for (int k = kv + lane; k < K; k += 32) {  // K not a multiple of E: scalar path
     float wf = ld(&wr[k]);
 #pragma unroll
-    for (int t = 0; t < NT; t++) acc[t] += wf * ld(&x[(size_t)t * ldx + k]);
+    for (int t = 0; t < NT; t++) acc[t] += wf * ld(&x[(size_t)t * K + k]);
   }
 }
 
@@ -252,8 +308,119 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
   pdl_wait();
   if (n >= N) return;
   float acc[NT];
-  gemv_row<T, NT, U, false>(acc, wv, wr, x, (size_t)K, K, kv, lane);
+  gemv_row<T, NT, U>(acc, wv, wr, x, K, kv, lane);
   gemv_store<T, NT>(out, acc, n, N, bias, lane);
+}
+
+// ---- GEMV version 3 ("coop", the default for T <= 2): the 4 warps of a block stream each of its R rows
+// together. Thread i takes the 16-byte chunks i, i + 128, ... of the row, so a block reads 2 KiB of one row
+// per load (U loads in flight per thread), far fewer rows are streamed at once than with a row per warp, and
+// each row is read front to back by one block; then the block adds its threads' partial sums (so its bits
+// differ from versions 1 and 2). On an H100 it streamed the Llama-3-8B decode shapes at 2.8-3.2 TB/s against
+// 2.5-3.0 for version 1/2 (docs/gpu.md, round 5). The first loads go out before the dependent launch waits. ----
+
+#define COOP_THREADS 128
+
+// coop_prefetch: a thread's first U loads of row WR (zeros past KV, or when !VALID)
+template <typename T, int U>
+__device__ __forceinline__ void coop_prefetch(uint4 (&wv)[U], const T *wr, int kv, bool valid) {
+  constexpr int E = 16 / sizeof(T);
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    int k = (threadIdx.x + u * COOP_THREADS) * E;
+    wv[u] = valid && k < kv ? __ldcs((const uint4 *)(wr + k)) : make_uint4(0, 0, 0, 0);
+  }
+}
+
+// coop_row: the thread's partial dot products of row WR (its first U loads already in WV) with the NT rows
+// of X (K apart), added to ACC in a fixed order
+template <typename T, int NT, int U>
+__device__ __forceinline__ void coop_row(float (&acc)[NT], uint4 (&wv)[U], const T *wr, const T *x, int K, int kv) {
+  constexpr int E = 16 / sizeof(T), STEP = COOP_THREADS * E;
+  for (int k0 = threadIdx.x * E; k0 < kv;) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      int k = k0 + u * STEP;
+      if (k >= kv) break;
+      const T *we = (const T *)&wv[u];
+      float wf[E];
+#pragma unroll
+      for (int e = 0; e < E; e++) wf[e] = ld(&we[e]);
+#pragma unroll
+      for (int t = 0; t < NT; t++) {
+        uint4 xv = __ldg((const uint4 *)(x + (size_t)t * K + k));
+        const T *xe = (const T *)&xv;
+#pragma unroll
+        for (int e = 0; e < E; e++) acc[t] += wf[e] * ld(&xe[e]);
+      }
+    }
+    k0 += STEP * U;
+    if (k0 >= kv) break;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      int k = k0 + u * STEP;
+      wv[u] = k < kv ? __ldcs((const uint4 *)(wr + k)) : make_uint4(0, 0, 0, 0);
+    }
+  }
+  for (int k = kv + threadIdx.x; k < K; k += COOP_THREADS) {  // K not a multiple of E: scalar path
+    float wf = ld(&wr[k]);
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] += wf * ld(&x[(size_t)t * K + k]);
+  }
+}
+
+// coop_sum: the block's sums of ACC (M values per thread): thread m < M returns sum m (others 0)
+template <int M> __device__ __forceinline__ float coop_sum(float (&acc)[M], float (*red)[M]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int m = 0; m < M; m++) {
+    float v = warp_sum(acc[m]);
+    if (lane == 0) red[warp][m] = v;
+  }
+  __syncthreads();
+  float s = 0.0f;
+  if ((int)threadIdx.x < M)
+#pragma unroll
+    for (int i = 0; i < COOP_THREADS / 32; i++) s += red[i][threadIdx.x];
+  __syncthreads();  // RED is reused by the next row
+  return s;
+}
+
+template <typename T, int NT, int U, int R>
+__global__ void __launch_bounds__(COOP_THREADS)
+    gemv_coop_kernel(T *out, const T *x, const T *w, int N, int K, const float *bias) {
+  constexpr int E = 16 / sizeof(T);
+  __shared__ float red[COOP_THREADS / 32][NT];
+  const int kv = (K % E == 0) ? K : 0, n0 = blockIdx.x * R;
+  pdl_trigger();
+  uint4 wv[U];
+  const T *wr = w + (size_t)(n0 < N ? n0 : 0) * K;
+  coop_prefetch<T, U>(wv, wr, kv, n0 < N);  // independent of the previous kernel
+  pdl_wait();
+  for (int r = 0; r < R; r++) {
+    const int n = n0 + r;
+    if (n >= N) return;  // uniform over the block
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    coop_row<T, NT, U>(acc, wv, wr, x, K, kv);
+    if (r + 1 < R && n + 1 < N) {  // the next row's first loads go out before this row's sum
+      wr = w + (size_t)(n + 1) * K;
+      coop_prefetch<T, U>(wv, wr, kv, true);
+    }
+    const float s = coop_sum<NT>(acc, red);
+    if ((int)threadIdx.x < NT) st(&out[(size_t)threadIdx.x * N + n], s + (bias ? bias[n] : 0.0f));
+  }
+}
+
+// coop_launch: version 3 with R rows per block and U loads in flight per thread (NT 1 or 2)
+template <typename T, int U, int R>
+static cudaError_t coop_launch(T *out, const T *x, const T *w, int N, int K, const float *bias, int nt,
+                               cudaStream_t s) {
+  const dim3 grid((unsigned)((N + R - 1) / R)), block(COOP_THREADS);
+  if (nt == 1) return pdl_launch(gemv_coop_kernel<T, 1, U, R>, grid, block, 0, s, 1, out, x, w, N, K, bias);
+  if (nt == 2) return pdl_launch(gemv_coop_kernel<T, 2, U, R>, grid, block, 0, s, 1, out, x, w, N, K, bias);
+  return cudaErrorInvalidValue;
 }
 
 // impl 0: the first version (8 loads in flight, plain launch); 1: version 2 (see above); 2: version 2 without
@@ -261,6 +428,13 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 template <typename T>
 static cudaError_t gemv_launch(T *out, const T *x, const T *w, int N, int K, const float *bias, int nt, int impl,
                                cudaStream_t s) {
+  switch (impl) {  // version 3 (coop), T <= 2: 4, 8 or 16 loads in flight, one row per block; 4 and 2 rows
+    case 4: return coop_launch<T, 4, 1>(out, x, w, N, K, bias, nt, s);
+    case 5: return coop_launch<T, 8, 1>(out, x, w, N, K, bias, nt, s);
+    case 6: return coop_launch<T, 4, 2>(out, x, w, N, K, bias, nt, s);
+    case 7: return coop_launch<T, 16, 1>(out, x, w, N, K, bias, nt, s);
+    default: break;
+  }
   const int pdl = impl == 1 || impl == 3, u8 = impl == 0 || impl == 3;
   const dim3 grid((unsigned)((N + GEMV_WARPS - 1) / GEMV_WARPS)), block(GEMV_WARPS * 32);
   switch (nt) {
@@ -277,7 +451,7 @@ static cudaError_t gemv_launch(T *out, const T *x, const T *w, int N, int K, con
 
 extern "C" int cuda_gemv_impl(int impl, void *out, const void *x, const void *w, int N, int K, const float *bias,
                               int T_, dtype_t act, cudaStream_t stream) {
-  if (T_ < 1 || T_ > CUDA_GEMV_MAX_T || N < 1 || K < 1 || impl < 0 || impl > 3) {
+  if (T_ < 1 || T_ > CUDA_GEMV_MAX_T || N < 1 || K < 1 || impl < 0 || impl > 7 || (impl > 3 && T_ > 2)) {
     log_error("cuda gemv: bad shape (T %d, N %d, K %d) or version %d; T must be 1..%d", T_, N, K, impl,
               CUDA_GEMV_MAX_T);
     return STRATA_EINVAL;
@@ -287,138 +461,31 @@ extern "C" int cuda_gemv_impl(int impl, void *out, const void *x, const void *w,
   return launch_status(e, "gemv");
 }
 
-// gemv_pick: the version that measured fastest for the shape (tests/gpu/gemv_bench, H100, bf16, T 1 and 2,
-// 2026-11-25): long rows (K >= 12288, the 4096 x 14336 down projection) stream best with 8 loads in flight
-// (44.1 us at T 1 with a plain launch, 48.5 at T 2 with the dependent one, against 52.9 / 58.9 for 16 loads);
-// tall matrices (N >= 4K: the fused gate|up, the LM head) and short ones (N <= K/2, e.g. 1024 x 4096) with 16
-// loads and the dependent launch; the rest (q|k|v 6144 x 4096, o 4096 x 4096: 13.2 us against 15.4) with 8
-// loads and the dependent launch. All versions give the same bits, so the choice never changes a result.
+// gemv_pick: the version that measured fastest for the shape (tests/gpu/gemv_bench, H100, bf16, 2026-11-25):
+// for T <= 2 version 3 (coop), 8 loads in flight, except long rows (K >= 12288, the 4096 x 14336 down
+// projection: 39.2 us with 4 against 40.5 with 8, 44.0 for version 1); above, where our GEMV serves T <= 8
+// (STRATA_CUDA_GEMV_MAX_T), versions 1/2 as measured in round 4: 8 loads with the dependent launch, 16 for
+// tall (N >= 4K) and short (N <= K/2) matrices.
 static int gemv_pick(int N, int K, int T_) {
-  if (K >= 12288) return T_ == 1 ? 0 : 3;
+  if (T_ <= 2) return K >= 12288 ? 4 : 5;
   if ((int64_t)N >= 4 * (int64_t)K || 2 * (int64_t)N <= K) return 1;
   return 3;
 }
 
-extern "C" int cuda_gemv(void *out, const void *x, const void *w, int N, int K, const float *bias, int T_,
-                         dtype_t act, cudaStream_t stream) {
+// gemv_version: the version cuda_gemv runs for the shape: STRATA_CUDA_GEMV's (read once), else gemv_pick's
+static int gemv_version(int N, int K, int T_) {
   static int mode = -2;  // -1: per shape (gemv_pick), else one version for every shape
   if (mode == -2) {
     const char *e = getenv("STRATA_CUDA_GEMV");
-    mode = e && strcmp(e, "v1") == 0 ? 3 : e && strcmp(e, "v2") == 0 ? 1 : -1;
+    mode = e && strcmp(e, "v1") == 0 ? 3 : e && strcmp(e, "v2") == 0 ? 1 : e && e[0] == 'c' ? atoi(e + 1) : -1;
+    if (mode > 7 || (mode >= 0 && mode < 4 && e[0] == 'c')) mode = -1;
   }
-  return cuda_gemv_impl(mode >= 0 ? mode : gemv_pick(N, K, T_), out, x, w, N, K, bias, T_, act, stream);
+  return mode >= 0 && !(mode > 3 && T_ > 2) ? mode : gemv_pick(N, K, T_);
 }
 
-// ---- down projection with SwiGLU folded in (T <= 2): out(T,N) = (silu(gu[:, :F]) * gu[:, F:]) @ w(N,F)^T.
-// Block of SWG_WARPS warps owns SWG_ROWS consecutive rows (each warp SWG_ROWS / SWG_WARPS of them, one after
-// the other). It issues its first weight loads, waits for the previous kernel (dependent launch), then
-// computes the F-vector silu(gate) * up once into shared memory, rounded to T exactly as silu_mul_cat stores
-// it (same expression), and streams its rows against it with gemv_row. So the result has the same bits as
-// silu_mul_cat followed by cuda_gemv, and the intermediate never touches device memory. ----
-
-#define SWG_WARPS 8
-#define SWG_ROWS 16
-
-// swiglu_prologue: xs(NT, FP) = silu(gu[:, :F]) * gu[:, F:] rounded to T, by every thread of the block
-template <typename T, int NT>
-__device__ void swiglu_prologue(T *xs, int fp, const T *gu, int F, int kv) {
-  constexpr int E = 16 / sizeof(T);
-  for (int t = 0; t < NT; t++) {
-    const T *g = gu + (size_t)t * 2 * F, *up = g + F;
-    T *xt = xs + (size_t)t * fp;
-    for (int k = threadIdx.x * E; k < kv; k += blockDim.x * E) {
-      uint4 gv = *(const uint4 *)(g + k), uv = *(const uint4 *)(up + k), ov;
-      const T *ge = (const T *)&gv, *ue = (const T *)&uv;
-      T *oe = (T *)&ov;
-#pragma unroll
-      for (int e = 0; e < E; e++) {
-        float a = ld(&ge[e]);
-        st(&oe[e], a / (1.0f + expf(-a)) * ld(&ue[e]));
-      }
-      *(uint4 *)(xt + k) = ov;
-    }
-    for (int k = kv + threadIdx.x; k < F; k += blockDim.x) {
-      float a = ld(&g[k]);
-      st(&xt[k], a / (1.0f + expf(-a)) * ld(&up[k]));
-    }
-  }
-  __syncthreads();
-}
-
-template <typename T, int NT, int U>
-__global__ void __launch_bounds__(SWG_WARPS * 32)
-    gemv_swiglu_kernel(T *out, const T *gu, const T *w, int N, int F, int fp, int kv) {
-  extern __shared__ uint4 swg_smem[];  // (NT, FP) elements of T, rows 16-byte aligned
-  T *xs = (T *)swg_smem;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;  // KV: F, or 0 when rows are not 16-byte aligned
-  int n = blockIdx.x * SWG_ROWS + warp;
-  pdl_trigger();
-  uint4 wv[U];
-  const T *wr = w + (size_t)(n < N ? n : 0) * F;
-  gemv_prefetch<T, U>(wv, wr, kv, lane, n < N);  // independent of the previous kernel
-  pdl_wait();
-  swiglu_prologue<T, NT>(xs, fp, gu, F, kv);
-  for (int r = 0; r < SWG_ROWS / SWG_WARPS; r++, n += SWG_WARPS) {
-    if (n >= N) return;  // no barrier below
-    if (r > 0) {
-      wr = w + (size_t)n * F;
-      gemv_prefetch<T, U>(wv, wr, kv, lane, true);
-    }
-    float acc[NT];
-    gemv_row<T, NT, U, true>(acc, wv, wr, xs, (size_t)fp, F, kv, lane);
-    gemv_store<T, NT>(out, acc, n, N, NULL, lane);
-  }
-}
-
-template <typename T, int NT, int U>
-static cudaError_t swiglu_go(T *out, const T *gu, const T *w, int N, int F, int fp, size_t smem, int pdl,
-                             cudaStream_t s) {
-  const int kv = F % (int)(16 / sizeof(T)) == 0 && ((uintptr_t)gu | (uintptr_t)w) % 16 == 0 ? F : 0;
-  if (smem > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(gemv_swiglu_kernel<T, NT, U>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (int)smem);
-    if (e != cudaSuccess) return e;
-  }
-  return pdl_launch(gemv_swiglu_kernel<T, NT, U>, dim3((unsigned)((N + SWG_ROWS - 1) / SWG_ROWS)),
-                    dim3(SWG_WARPS * 32), smem, s, pdl, out, gu, w, N, F, fp, kv);
-}
-
-// swiglu_smem_max: the shared memory one block may use on the current device (opt-in limit), read once
-static size_t swiglu_smem_max(void) {
-  static long long m = -1;
-  if (m < 0) {
-    int dev = 0, v = 0;
-    m = cudaGetDevice(&dev) == cudaSuccess &&
-                cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess
-            ? v
-            : 48 * 1024;
-    cudaGetLastError();
-  }
-  return (size_t)m;
-}
-
-extern "C" int cuda_gemv_swiglu_impl(int pdl, void *out, const void *gu, const void *w, int N, int F, int T_,
-                                     dtype_t act, cudaStream_t stream) {
-  if (T_ < 1 || T_ > CUDA_SWIGLU_MAX_T || N < 1 || F < 1) return STRATA_EUNSUPPORTED;
-  const size_t es = act == DTYPE_F32 ? 4 : act == DTYPE_BF16 || act == DTYPE_F16 ? 2 : 0;
-  if (!es) return STRATA_EUNSUPPORTED;
-  const int e16 = (int)(16 / es), fp = (F + e16 - 1) / e16 * e16;
-  const size_t smem = (size_t)T_ * fp * es;
-  if (smem > swiglu_smem_max()) return STRATA_EUNSUPPORTED;
-  cudaError_t e = cudaSuccess;
-  DISPATCH_ACT(act, e = T_ == 1 ? swiglu_go<T, 1, 16>((T *)out, (const T *)gu, (const T *)w, N, F, fp, smem, pdl, stream)
-                                : swiglu_go<T, 2, 16>((T *)out, (const T *)gu, (const T *)w, N, F, fp, smem, pdl, stream));
-  if (e != cudaSuccess) {
-    cudaGetLastError();
-    log_error("cuda gemv_swiglu: launch failed (T %d, N %d, F %d): %s", T_, N, F, cudaGetErrorString(e));
-    return STRATA_EIO;
-  }
-  return launched("gemv_swiglu");
-}
-
-extern "C" int cuda_gemv_swiglu(void *out, const void *gu, const void *w, int N, int F, int T_, dtype_t act,
-                                cudaStream_t stream) {
-  return cuda_gemv_swiglu_impl(1, out, gu, w, N, F, T_, act, stream);
+extern "C" int cuda_gemv(void *out, const void *x, const void *w, int N, int K, const float *bias, int T_,
+                         dtype_t act, cudaStream_t stream) {
+  return cuda_gemv_impl(gemv_version(N, K, T_), out, x, w, N, K, bias, T_, act, stream);
 }
 
 template <typename T> __global__ void bias_kernel(T *out, const float *bias, int64_t n, int N) {

@@ -1,8 +1,7 @@
 /* gemv_bench.c: our GEMV (cuda_gemv_impl) at the batch-1 decode shapes of Llama-3-8B in bf16, T = 1 and 2:
  * microseconds per call and GB/s of weights read, for each version (v1 the first kernel's 8 loads in flight,
  * v2 16, each with and without programmatic dependent launch; "auto" is cuda_gemv, which picks one per
- * shape). Then the down projection 4096 x 14336 from a fused gate|up row: silu_mul_ld + cuda_gemv (two
- * launches) against cuda_gemv_swiglu (one, SwiGLU folded in) with and without the dependent launch. Each case
+ * shape), and version 3 ("coop") with 4, 8 or 16 loads in flight and 1 or 2 rows per block. Each case
  * rotates over enough copies of the matrix to exceed the L2 cache (>= 256 MiB), captures at least 16 calls
  * as one CUDA graph (as a decode step runs them) and times 7 replays with events; the median replay over its
  * calls is printed. Every output is checked against a double-precision host reference on 64 rows. Last,
@@ -67,17 +66,11 @@ static double check_rows(const uint16_t *w, const uint16_t *x, const uint16_t *o
   return worst;
 }
 
-/* one call of version IMPL (4: cuda_gemv's own choice; 5: silu_mul_ld + cuda_gemv from a gate|up row X of
- * (T, 2K); 6, 7: cuda_gemv_swiglu with and without the dependent launch; H: the (T, K) scratch of 5) */
-static int call(int impl, void *out, const void *x, void *h, const void *w, int N, int K, int T, cudaStream_t st) {
+/* one call of version IMPL (4: cuda_gemv's own choice; 5..8: coop versions 4..7) */
+static int call(int impl, void *out, const void *x, const void *w, int N, int K, int T, cudaStream_t st) {
   switch (impl) {
     case 4: return cuda_gemv(out, x, w, N, K, NULL, T, DTYPE_BF16, st);
-    case 5: {
-      int rc = cuda_silu_mul_ld(h, x, (const char *)x + (size_t)K * 2, T, K, 2 * K, DTYPE_BF16, st);
-      return rc ? rc : cuda_gemv(out, h, w, N, K, NULL, T, DTYPE_BF16, st);
-    }
-    case 6: return cuda_gemv_swiglu_impl(1, out, x, w, N, K, T, DTYPE_BF16, st);
-    case 7: return cuda_gemv_swiglu_impl(0, out, x, w, N, K, T, DTYPE_BF16, st);
+    case 5: case 6: case 7: case 8: return cuda_gemv_impl(impl - 1, out, x, w, N, K, NULL, T, DTYPE_BF16, st);
     default: return cuda_gemv_impl(impl, out, x, w, N, K, NULL, T, DTYPE_BF16, st);
   }
 }
@@ -147,11 +140,10 @@ int main(void) {
   struct cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   printf("gemv_bench: %s, %d SMs, L2 %d MiB, bf16\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
-  /* the last shape: the down projection again, from a gate|up row (versions 5..7) */
-  const int shapes[][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}, {128256, 4096}, {1024, 4096},
-                           {4096, 14336}};
+  const int shapes[][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}, {128256, 4096}, {1024, 4096}};
   const int n_shapes = sizeof shapes / sizeof shapes[0];
-  const char *names[] = {"v1", "v2+pdl", "v2", "v1+pdl", "auto", "silu+gemv", "swiglu+pdl", "swiglu"};
+  const char *names[] = {"v1",        "v2+pdl",    "v2",        "v1+pdl",    "auto",
+                         "coop r1u4", "coop r1u8", "coop r2u4", "coop r1u16"};
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   cudaEvent_t e0, e1;
@@ -160,50 +152,40 @@ int main(void) {
   int bad = 0;
   printf("%-16s %2s %-10s %9s %9s %10s\n", "N x K", "T", "version", "us", "GB/s", "max rel err");
   for (int si = 0; si < n_shapes; si++) {
-    const int N = shapes[si][0], K = shapes[si][1], sw = si == n_shapes - 1;
+    const int N = shapes[si][0], K = shapes[si][1];
     const size_t wbytes = (size_t)N * K * 2;
     int copies = (int)(((size_t)256 << 20) / wbytes) + 1;
     int launches = copies < 16 ? 16 : copies;
-    /* sw: X is a gate|up row (T, 2K); the reference input HH = bf16(silu(gate) * up), as the GPU rounds it */
-    uint16_t *wh = rand_bf16((size_t)N * K, 0.05f), *xh = rand_bf16((size_t)2 * 2 * K, sw ? 4.0f : 1.0f);
-    uint16_t *oh = malloc((size_t)2 * N * 2), *hh = xh;
+    uint16_t *wh = rand_bf16((size_t)N * K, 0.05f), *xh = rand_bf16((size_t)2 * K, 1.0f);
+    uint16_t *oh = malloc((size_t)2 * N * 2);
     if (!wh || !xh || !oh) {
       fprintf(stderr, "gemv_bench: out of host memory\n");
       return 1;
     }
-    if (sw) {
-      if (!(hh = malloc((size_t)2 * K * 2))) return 1;
-      for (int t = 0; t < 2; t++)
-        for (int k = 0; k < K; k++) {
-          float g = bf16_to_f32(xh[(size_t)t * 2 * K + k]), u = bf16_to_f32(xh[(size_t)t * 2 * K + K + k]);
-          hh[(size_t)t * K + k] = f32_to_bf16(g / (1.0f + expf(-g)) * u);
-        }
-    }
     void **wd = calloc((size_t)copies, sizeof *wd);
-    void *xd, *od, *hd;
+    void *xd, *od;
     for (int c = 0; c < copies; c++) {
       CK(cudaMalloc(&wd[c], wbytes));
       CK(cudaMemcpy(wd[c], wh, wbytes, cudaMemcpyHostToDevice));
     }
-    CK(cudaMalloc(&xd, (size_t)2 * 2 * K * 2));
-    CK(cudaMalloc(&hd, (size_t)2 * K * 2));
+    CK(cudaMalloc(&xd, (size_t)2 * K * 2));
     CK(cudaMalloc(&od, (size_t)2 * N * 2));
-    /* plain shapes read X as (T, K) rows: pack them so */
-    CK(cudaMemcpy(xd, xh, (size_t)2 * 2 * K * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(xd, xh, (size_t)2 * K * 2, cudaMemcpyHostToDevice));
     for (int T = 1; T <= 2; T++) {
-      for (int impl = sw ? 5 : 0; impl < (sw ? 8 : 5); impl++) {
+      for (int impl = 0; impl < 9; impl++) {
         CK(cudaMemset(od, 0xff, (size_t)2 * N * 2)); /* poison: NaN in bf16 */
-        if (call(impl, od, xd, hd, wd[0], N, K, T, st) != 0) return 1;
+        if (call(impl, od, xd, wd[0], N, K, T, st) != 0) return 1;
         CK(cudaStreamSynchronize(st));
-        CK(cudaMemcpy(oh, od, (size_t)T * N * 2, cudaMemcpyDeviceToHost));
-        double err = check_rows(wh, hh, oh, N, K, T);
+        const size_t n_out = (size_t)T * N;
+        CK(cudaMemcpy(oh, od, n_out * 2, cudaMemcpyDeviceToHost));
+        double err = check_rows(wh, xh, oh, N, K, T);
         int nan = 0;
-        for (size_t i = 0; i < (size_t)T * N; i++) nan |= isnan(bf16_to_f32(oh[i]));
+        for (size_t i = 0; i < n_out; i++) nan |= isnan(bf16_to_f32(oh[i]));
         if (err > 1e-2 || nan) bad++;
         cudaGraph_t g = NULL;
         cudaGraphExec_t ge = NULL;
         int graph = cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
-        for (int l = 0; graph && l < launches; l++) call(impl, od, xd, hd, wd[l % copies], N, K, T, st);
+        for (int l = 0; graph && l < launches; l++) call(impl, od, xd, wd[l % copies], N, K, T, st);
         if (graph) graph = cudaStreamEndCapture(st, &g) == cudaSuccess && cudaGraphInstantiate(&ge, g, 0) == cudaSuccess;
         if (!graph) { /* time eager launches instead (noted in the line) */
           fprintf(stderr, "gemv_bench: no graph for version %s: %s\n", names[impl], cudaGetErrorString(cudaGetLastError()));
@@ -215,7 +197,7 @@ int main(void) {
           if (graph)
             CK(cudaGraphLaunch(ge, st));
           else
-            for (int l = 0; l < launches; l++) call(impl, od, xd, hd, wd[l % copies], N, K, T, st);
+            for (int l = 0; l < launches; l++) call(impl, od, xd, wd[l % copies], N, K, T, st);
           CK(cudaEventRecord(e1, st));
           CK(cudaEventSynchronize(e1));
           if (r >= 0) CK(cudaEventElapsedTime(&ms[r], e0, e1));
@@ -232,9 +214,7 @@ int main(void) {
     }
     for (int c = 0; c < copies; c++) cudaFree(wd[c]);
     cudaFree(xd);
-    cudaFree(hd);
     cudaFree(od);
-    if (hh != xh) free(hh);
     free(wd), free(wh), free(xh), free(oh);
   }
   bench_gemm();

@@ -8,7 +8,7 @@
 #             start on an 8B safetensors directory written once under /tmp (OFFLINE=0, COLD=0 skip those)
 #   peers   - bench/peers/torch_peer.py (torch.compile static-cache decode, transformers generate)
 #   knobs   - decode tokens/s under settings of the backend's switches (KNOBS, KNOB_BATCHES, REPEAT), A/B
-#   gemv    - tests/gpu/gemv_bench (GEMV versions per decode shape, folded SwiGLU and norms)
+#   gemv    - tests/gpu/gemv_bench (GEMV versions per decode shape, prefill GEMMs)
 # usage: tests/gpu/run.sh [STAGE...]   (default: parity bench peers). Needs .deps from scripts/gpu_deps.sh.
 # Logs go to $OUT (default ./build-gpu-out); a short table is printed last.
 set -uo pipefail
@@ -263,7 +263,7 @@ stage_knobs() {
   done
 }
 
-# gemv: tests/gpu/gemv_bench (each GEMV version per decode shape, the folded SwiGLU and norms, prefill GEMMs)
+# gemv: tests/gpu/gemv_bench (each GEMV version per decode shape, prefill GEMMs)
 stage_gemv() {
   "$BUILD/tests/gpu/gemv_bench" >"$OUT/gemv_bench.log" 2>&1
   grep -E "^[0-9]+ x [0-9]+ +[12] |gemv_bench:" "$OUT/gemv_bench.log" | tee -a "$SUMMARY"

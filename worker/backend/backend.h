@@ -139,13 +139,6 @@ typedef struct {
   /* out(T,F) = silu(gu[:, :F]) * gu[:, F:2F] of a fused gate|up projection gu(T,2F); OUT packed, not
    * overlapping GU. */
   void (*silu_mul_cat)(backend_t *be, void *out, const void *gu, int T, int F);
-  /* (optional, default NULL) matmul_swiglu: out(T,N) = (silu(gu[:, :F]) * gu[:, F:2F]) @ w(N,F)^T for a fused
-   * gate|up projection gu(T,2F), F = w->cols, without storing the product (the down projection of a decode
-   * step). Returns 0 when it ran (errors are reported later, like every op's), or STRATA_EUNSUPPORTED, not
-   * logged, when it does not take the shape (T too large, F too long): nothing was done and the caller runs
-   * silu_mul_cat then matmul. The CUDA backend takes T = 1 (STRATA_CUDA_SWIGLU=2: T <= 2). OUT must not
-   * overlap GU. */
-  int (*matmul_swiglu)(backend_t *be, void *out, const void *gu, const weight_t *w, int T);
   /* out(n,C) = x[rows[i]] */
   void (*gather_rows)(backend_t *be, void *out, const void *x, const int32_t *rows, int n, int C);
   /* host_out(n) = f32(x(n)) : the way logits come back to the host */

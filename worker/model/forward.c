@@ -269,12 +269,104 @@ int fwd_wait(fwd_t *f, int slot, int n) {
   return f->be->ops->draw_wait(f->be, slot, f->argmax_host, n);
 }
 
+/* The residual stream x and a sub-layer's output xo: PENDING means x still lacks xo (x += xo is owed to the
+ * next norm, which add_rmsnorm folds in). */
+typedef struct {
+  fwd_t *f;
+  int T, pending;
+} fwd_res_t;
+
+/* norm_xb: xb = rmsnorm(x, after the owed x += xo) */
+static void norm_xb(fwd_res_t *r, const float *norm_w) {
+  fwd_t *f = r->f;
+  const model_cfg_t *c = &f->m->cfg;
+  if (r->pending)
+    f->be->ops->add_rmsnorm(f->be, f->xb, f->x, f->xo, norm_w, r->T, c->dim, c->norm_eps);
+  else
+    f->be->ops->rmsnorm(f->be, f->xb, f->x, norm_w, r->T, c->dim, c->norm_eps);
+  r->pending = 0;
+}
+
+/* norm_matmul: out = rmsnorm(x) @ W^T + bias */
+static void norm_matmul(fwd_res_t *r, void *out, const float *norm_w, const weight_t *w, const float *bias) {
+  norm_xb(r, norm_w);
+  r->f->be->ops->matmul(r->f->be, out, r->f->xb, w, bias, r->T);
+}
+
+/* residual_matmul: xo = IN @ W^T, owed to the residual (x += xo in the next norm) */
+static void residual_matmul(fwd_res_t *r, const void *in, const weight_t *w) {
+  r->f->be->ops->matmul(r->f->be, r->f->xo, in, w, NULL, r->T);
+  r->pending = 1;
+}
+
+/* fwd_layer: transformer layer L over batch B (backend arrays) on the residual stream R */
+static void fwd_layer(fwd_t *f, fwd_res_t *r, int l, const be_batch_t *b) {
+  const model_cfg_t *c = &f->m->cfg;
+  const be_ops_t *op = f->be->ops;
+  backend_t *be = f->be;
+  const int T = r->T, H = c->n_heads, Hkv = c->n_kv_heads, D = c->head_dim, F = c->hidden_dim;
+  const layer_weights_t *w = &f->w.layers[l];
+  const fwd_fused_t *fu = &f->fused[l];
+  void *q = f->q;
+  if (fu->wqkv.data) {
+    /* attention norm and q | k | v in one projection (Qwen2: with bias); then (Qwen3: each head's RMSNorm and)
+     * RoPE read the strided rows, writing q packed and k, v to the paged cache at each token's slot */
+    norm_matmul(r, f->qkv, w->attn_norm.data, &fu->wqkv, fu->bqkv.data);
+    op->rope_qkv_write(be, f->q, f->qkv, (H + 2 * Hkv) * D, c->qk_norm ? w->q_norm.data : NULL,
+                       c->qk_norm ? w->k_norm.data : NULL, c->norm_eps, &f->kv, l, b, &f->rope, H, Hkv);
+  } else {
+    /* attention norm; q, k, v projections (Qwen2: with bias) */
+    norm_xb(r, w->attn_norm.data);
+    op->matmul(be, f->q, f->xb, &w->wq, w->bq.data, T);
+    op->matmul(be, f->k, f->xb, &w->wk, w->bk.data, T);
+    op->matmul(be, f->v, f->xb, &w->wv, w->bv.data, T);
+    void *k = f->k;
+
+    /* Qwen3: RMSNorm of each head of q and k before RoPE */
+    if (c->qk_norm) {
+      op->rmsnorm(be, f->qn, f->q, w->q_norm.data, T * H, D, c->norm_eps);
+      op->rmsnorm(be, f->kn, f->k, w->k_norm.data, T * Hkv, D, c->norm_eps);
+      q = f->qn;
+      k = f->kn;
+    }
+
+    /* RoPE on q and k, then k and v into the paged cache at each token's slot */
+    op->rope_kv_write(be, q, k, f->v, &f->kv, l, b, &f->rope, H, Hkv);
+  }
+
+  /* causal attention of every query over its sequence's cached keys and values (GQA) */
+  op->attention(be, f->att, q, &f->kv, l, b, H, Hkv, 1.0f / sqrtf((float)D));
+
+  /* output projection into the residual: x += att W_o^T */
+  residual_matmul(r, f->att, &w->wo);
+
+  /* SwiGLU FFN on the normed residual: x += W_down (silu(W_gate xb) * W_up xb) */
+  if (fu->wgu.data) {
+    norm_matmul(r, f->gu, w->ffn_norm.data, &fu->wgu, NULL);
+    op->silu_mul_cat(be, f->gate, f->gu, T, F);
+  } else {
+    norm_xb(r, w->ffn_norm.data);
+    op->matmul(be, f->gate, f->xb, &w->w_gate, NULL, T);
+    op->matmul(be, f->up, f->xb, &w->w_up, NULL, T);
+    op->silu_mul(be, f->gate, f->gate, f->up, T, F);
+  }
+  residual_matmul(r, f->gate, &w->w_down);
+}
+
+/* logits_identity: the logit rows are the batch rows 0..T-1 in order (a decode step): the LM head reads the
+ * normed rows directly (no gather) */
+static int logits_identity(const be_batch_t *hb) {
+  if (hb->n_logits != hb->n_tokens) return 0;
+  for (int i = 0; i < hb->n_logits; i++)
+    if (hb->logit_rows[i] != i) return 0;
+  return 1;
+}
+
 static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int mode, const be_sample_t *sp, int slot) {
   const model_cfg_t *c = &f->m->cfg;
   const be_ops_t *op = f->be->ops;
   backend_t *be = f->be;
-  const int T = hb->n_tokens, C = c->dim, H = c->n_heads, Hkv = c->n_kv_heads, D = c->head_dim;
-  const int F = c->hidden_dim, V = c->vocab_size;
+  const int T = hb->n_tokens, V = c->vocab_size;
   if (T < 1 || T > f->max_tokens || hb->n_logits > f->max_logits) {
     log_error("forward: batch of %d tokens / %d logit rows exceeds %d / %d", T, hb->n_logits, f->max_tokens,
               f->max_logits);
@@ -286,76 +378,21 @@ static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int mode, const be_sampl
   /* asynchronous steps: decode inputs that the previous step drew are read on the backend */
   if (bb.prev_rows && (rc = op->patch_tokens(be, &bb)) != 0) return rc;
   const be_batch_t *b = &bb;
-  const float scale = 1.0f / sqrtf((float)D);
 
-  /* token embeddings: x = E[tokens] */
+  /* token embeddings: x = E[tokens]; then the layers */
   op->embed(be, f->x, &f->w.tok_embd, b->tokens, T);
+  fwd_res_t res = {.f = f, .T = T};
+  for (int l = 0; l < c->n_layers; l++) fwd_layer(f, &res, l, b);
 
-  for (int l = 0; l < c->n_layers; l++) {
-    const layer_weights_t *w = &f->w.layers[l];
-    /* attention norm (folding in the previous layer's FFN residual): x += xo; xb = rmsnorm(x) */
-    if (l == 0)
-      op->rmsnorm(be, f->xb, f->x, w->attn_norm.data, T, C, c->norm_eps);
-    else
-      op->add_rmsnorm(be, f->xb, f->x, f->xo, w->attn_norm.data, T, C, c->norm_eps);
-
-    const fwd_fused_t *fu = &f->fused[l];
-    void *q = f->q;
-    if (fu->wqkv.data) {
-      /* q | k | v in one projection (Qwen2: with bias); then (Qwen3: each head's RMSNorm and) RoPE read
-       * the strided rows, writing q packed and k, v to the paged cache at each token's slot */
-      const int N = (H + 2 * Hkv) * D;
-      op->matmul(be, f->qkv, f->xb, &fu->wqkv, fu->bqkv.data, T);
-      op->rope_qkv_write(be, f->q, f->qkv, N, c->qk_norm ? w->q_norm.data : NULL,
-                         c->qk_norm ? w->k_norm.data : NULL, c->norm_eps, &f->kv, l, b, &f->rope, H, Hkv);
-    } else {
-      /* q, k, v projections (Qwen2: with bias) */
-      op->matmul(be, f->q, f->xb, &w->wq, w->bq.data, T);
-      op->matmul(be, f->k, f->xb, &w->wk, w->bk.data, T);
-      op->matmul(be, f->v, f->xb, &w->wv, w->bv.data, T);
-      void *k = f->k;
-
-      /* Qwen3: RMSNorm of each head of q and k before RoPE */
-      if (c->qk_norm) {
-        op->rmsnorm(be, f->qn, f->q, w->q_norm.data, T * H, D, c->norm_eps);
-        op->rmsnorm(be, f->kn, f->k, w->k_norm.data, T * Hkv, D, c->norm_eps);
-        q = f->qn;
-        k = f->kn;
-      }
-
-      /* RoPE on q and k, then k and v into the paged cache at each token's slot */
-      op->rope_kv_write(be, q, k, f->v, &f->kv, l, b, &f->rope, H, Hkv);
-    }
-
-    /* causal attention of every query over its sequence's cached keys and values (GQA) */
-    op->attention(be, f->att, q, &f->kv, l, b, H, Hkv, scale);
-
-    /* output projection */
-    op->matmul(be, f->xo, f->att, &w->wo, NULL, T);
-
-    /* residual + FFN norm: x += xo; xb = rmsnorm(x) */
-    op->add_rmsnorm(be, f->xb, f->x, f->xo, w->ffn_norm.data, T, C, c->norm_eps);
-
-    /* SwiGLU FFN: xo = W_down (silu(W_gate xb) * W_up xb) */
-    if (fu->wgu.data) {
-      op->matmul(be, f->gu, f->xb, &fu->wgu, NULL, T);
-      /* at decode the backend may fold silu_mul into the down projection (no (T, F) intermediate): xo is
-       * then done and the layer ends here */
-      if (op->matmul_swiglu && op->matmul_swiglu(be, f->xo, f->gu, &w->w_down, T) == 0) continue;
-      op->silu_mul_cat(be, f->gate, f->gu, T, F);
-    } else {
-      op->matmul(be, f->gate, f->xb, &w->w_gate, NULL, T);
-      op->matmul(be, f->up, f->xb, &w->w_up, NULL, T);
-      op->silu_mul(be, f->gate, f->gate, f->up, T, F);
-    }
-    op->matmul(be, f->xo, f->gate, &w->w_down, NULL, T);
-  }
-
-  /* final residual and norm, then logits only for the rows that sample */
-  op->add_rmsnorm(be, f->xb, f->x, f->xo, f->w.out_norm.data, T, C, c->norm_eps);
+  /* final norm, then logits only for the rows that sample */
   if (b->n_logits == 0) return mode == FWD_ASYNC ? op->draw_rows(be, slot, NULL, NULL, 0, V) : op->sync(be);
-  op->gather_rows(be, f->lx, f->xb, b->logit_rows, b->n_logits, C);
-  op->matmul(be, f->logits, f->lx, &f->w.output, NULL, b->n_logits);
+  if (logits_identity(hb)) {
+    norm_matmul(&res, f->logits, f->w.out_norm.data, &f->w.output, NULL);
+  } else {
+    norm_xb(&res, f->w.out_norm.data);
+    op->gather_rows(be, f->lx, f->xb, b->logit_rows, b->n_logits, c->dim);
+    op->matmul(be, f->logits, f->lx, &f->w.output, NULL, b->n_logits);
+  }
   if (mode == FWD_ASYNC) return op->draw_rows(be, slot, f->logits, sp, b->n_logits, V);
   if (mode == FWD_ARGMAX) return op->argmax_rows(be, f->argmax_host, f->logits, b->n_logits, V);
   if (mode == FWD_SAMPLE) return op->sample_rows(be, f->argmax_host, f->logits, sp, b->n_logits, V);

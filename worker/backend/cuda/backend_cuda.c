@@ -55,7 +55,6 @@ typedef struct {
   gemm_plan_t plans[GEMM_CACHE];
   int gemv_max_t; /* T up to which matmul uses our GEMV instead of cuBLASLt */
   int gemm_tune;  /* time cuBLASLt's candidates per plan (STRATA_CUDA_GEMM_TUNE=1; default 0) */
-  int swiglu_max_t; /* matmul_swiglu runs up to this T (STRATA_CUDA_SWIGLU, default 1; 0 off) */
   int carveout;     /* shared-memory carveout (percent) of steps of T <= gemv_max_t (STRATA_CUDA_CARVEOUT; -1 off) */
   cudaEvent_t tune_ev[2];
   int fuse_on;    /* weight_prepare_cat fuses (STRATA_CUDA_FUSE, default 1) */
@@ -706,16 +705,6 @@ static void cuda_op_silu_mul_cat(backend_t *be, void *out, const void *gu, int T
                             ctx_of(be)->stream));
 }
 
-static int cuda_op_matmul_swiglu(backend_t *be, void *out, const void *gu, const weight_t *w, int T) {
-  if (replaying(be)) return 0; /* recorded in the graph, or (same shape) not taken: the caller's ops replay too */
-  cuda_ctx_t *c = ctx_of(be);
-  if (T > c->swiglu_max_t || T > c->gemv_max_t || w->dtype != be->act_dtype) return STRATA_EUNSUPPORTED;
-  int rc = cuda_gemv_swiglu(out, gu, w->data, (int)w->rows, (int)w->cols, T, be->act_dtype, c->stream);
-  if (rc == STRATA_EUNSUPPORTED) return rc;
-  note(be, rc);
-  return 0;
-}
-
 static void cuda_op_gather_rows(backend_t *be, void *out, const void *x, const int32_t *rows, int n, int C) {
   if (replaying(be)) return;
   note(be, cuda_gather_rows(out, x, rows, n, C, be->act_dtype, ctx_of(be)->stream));
@@ -912,7 +901,6 @@ static const be_ops_t cuda_ops = {
     .attention = cuda_op_attention,
     .silu_mul = cuda_op_silu_mul,
     .silu_mul_cat = cuda_op_silu_mul_cat,
-    .matmul_swiglu = cuda_op_matmul_swiglu,
     .gather_rows = cuda_op_gather_rows,
     .to_host_f32 = cuda_to_host_f32,
     .argmax_rows = cuda_argmax_rows_op,
@@ -983,9 +971,7 @@ int backend_cuda_create(backend_t **out, int device, int act_dtype) {
    * default: on H100 the first heuristic already runs the Llama-3-8B prefill GEMMs at 770-808 TFLOP/s and
    * tuning won 1% (gemv_bench), not measurable in the engine, while the choice, made from timings, may
    * differ between processes (and so may the low bits of prefill results).
-   * STRATA_CUDA_SWIGLU=N: matmul_swiglu (SwiGLU folded into the down projection) up to T = N (0 off, at most
-   * CUDA_SWIGLU_MAX_T); default 1: it measured even at T 1 (45.6 us against 45.8 for silu_mul + GEMV) and
-   * 2.5 us slower at T 2. */
+   */
   /* STRATA_CUDA_CARVEOUT=P: decode steps served by our GEMV (T <= gemv_max_t) launch every kernel with P
    * percent of the L1/shared memory as shared memory (-1: the driver's choice per kernel). Default 25: on an
    * H100 at batch 1, 25 and 40 gave 168.5-169.1 tok/s, 50 166.7, 60 163.4, 75 154, 100 153, the driver's
@@ -994,10 +980,8 @@ int backend_cuda_create(backend_t **out, int device, int act_dtype) {
   const char *ce = getenv("STRATA_CUDA_CARVEOUT");
   c->carveout = ce ? atoi(ce) : 25;
   if (c->carveout > 100) c->carveout = 100;
-  const char *te = getenv("STRATA_CUDA_GEMM_TUNE"), *se = getenv("STRATA_CUDA_SWIGLU");
+  const char *te = getenv("STRATA_CUDA_GEMM_TUNE");
   c->gemm_tune = te && strcmp(te, "1") == 0;
-  c->swiglu_max_t = se ? atoi(se) : 1;
-  if (c->swiglu_max_t < 0 || c->swiglu_max_t > CUDA_SWIGLU_MAX_T) c->swiglu_max_t = 1;
   rc = STRATA_EIO;
   if (cu_ok(cudaSetDevice(device), "cudaSetDevice") ||
       cu_ok(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "stream") ||
