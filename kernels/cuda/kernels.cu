@@ -232,31 +232,30 @@ extern "C" int cuda_add_rmsnorm(void *out, void *residual, const void *x, const 
 
 #define GEMV_WARPS 4
 
-// gemv_prefetch: a lane's first U 16-byte loads of weight row WR (zeros past KV, or when !VALID)
-template <typename T, int U>
-__device__ __forceinline__ void gemv_prefetch(uint4 (&wv)[U], const T *wr, int kv, int lane, bool valid) {
+// row_prefetch: thread I's first U 16-byte loads of weight row WR when P threads share the row (chunks I, I + P,
+// ...; zeros past KV, or when !VALID)
+template <typename T, int U, int P>
+__device__ __forceinline__ void row_prefetch(uint4 (&wv)[U], const T *wr, int kv, int i, bool valid) {
   constexpr int E = 16 / sizeof(T);
 #pragma unroll
   for (int u = 0; u < U; u++) {
-    int k = lane * E + u * 32 * E;
+    int k = (i + u * P) * E;
     wv[u] = valid && k < kv ? __ldcs((const uint4 *)(wr + k)) : make_uint4(0, 0, 0, 0);
   }
 }
 
-// gemv_row: a warp's dot products of weight row WR (K elements, the lane's first U loads already in WV) with
-// the NT rows of X (K elements apart, read through the read-only path). ACC[t]
-// gets the lane's partial sum, its slice of K added in a fixed order whatever the variant (so every variant
-// gives the same bits). KV: the 16-byte vector part of K (K, or 0 when rows are not 16-byte aligned).
-template <typename T, int NT, int U>
-__device__ __forceinline__ void gemv_row(float (&acc)[NT], uint4 (&wv)[U], const T *wr, const T *x, int K, int kv,
-                                         int lane) {
+// row_dot: thread I's partial dot products, P threads sharing weight row WR (K elements; the thread's first U
+// loads already in WV), with the NT rows of X (K elements apart, read through the read-only path), added to
+// ACC with the thread's 16-byte chunks I, I + P, ... in order, so a result's bits depend only on P. KV: the
+// 16-byte vector part of K (K, or 0 when rows are not 16-byte aligned: element by element).
+template <typename T, int NT, int U, int P>
+__device__ __forceinline__ void row_dot(float (&acc)[NT], uint4 (&wv)[U], const T *wr, const T *x, int K, int kv,
+                                        int i) {
   constexpr int E = 16 / sizeof(T);
-#pragma unroll
-  for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-  for (int k0 = lane * E; k0 < kv;) {
+  for (int k0 = i * E; k0 < kv;) {
 #pragma unroll
     for (int u = 0; u < U; u++) {
-      int k = k0 + u * 32 * E;
+      int k = k0 + u * P * E;
       if (k >= kv) break;
       const T *we = (const T *)&wv[u];
       float wf[E];
@@ -270,15 +269,15 @@ __device__ __forceinline__ void gemv_row(float (&acc)[NT], uint4 (&wv)[U], const
         for (int e = 0; e < E; e++) acc[t] += wf[e] * ld(&xe[e]);
       }
     }
-    k0 += 32 * E * U;
+    k0 += P * E * U;
     if (k0 >= kv) break;
 #pragma unroll
     for (int u = 0; u < U; u++) {
-      int k = k0 + u * 32 * E;
+      int k = k0 + u * P * E;
       wv[u] = k < kv ? __ldcs((const uint4 *)(wr + k)) : make_uint4(0, 0, 0, 0);
     }
   }
-  for (int k = kv + lane; k < K; k += 32) {  // K not a multiple of E: scalar path
+  for (int k = kv + i; k < K; k += P) {  // K not a multiple of E: scalar path
     float wf = ld(&wr[k]);
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] += wf * ld(&x[(size_t)t * K + k]);
@@ -304,11 +303,13 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
   const T *wr = w + (size_t)(n < N ? n : 0) * K;
   pdl_trigger();
   uint4 wv[U];
-  gemv_prefetch<T, U>(wv, wr, kv, lane, n < N);  // independent of the previous kernel
+  row_prefetch<T, U, 32>(wv, wr, kv, lane, n < N);  // independent of the previous kernel
   pdl_wait();
   if (n >= N) return;
   float acc[NT];
-  gemv_row<T, NT, U>(acc, wv, wr, x, K, kv, lane);
+#pragma unroll
+  for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+  row_dot<T, NT, U, 32>(acc, wv, wr, x, K, kv, lane);
   gemv_store<T, NT>(out, acc, n, N, bias, lane);
 }
 
@@ -320,54 +321,6 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 // 2.5-3.0 for version 1/2 (docs/gpu.md, round 5). The first loads go out before the dependent launch waits. ----
 
 #define COOP_THREADS 128
-
-// coop_prefetch: a thread's first U loads of row WR (zeros past KV, or when !VALID)
-template <typename T, int U>
-__device__ __forceinline__ void coop_prefetch(uint4 (&wv)[U], const T *wr, int kv, bool valid) {
-  constexpr int E = 16 / sizeof(T);
-#pragma unroll
-  for (int u = 0; u < U; u++) {
-    int k = (threadIdx.x + u * COOP_THREADS) * E;
-    wv[u] = valid && k < kv ? __ldcs((const uint4 *)(wr + k)) : make_uint4(0, 0, 0, 0);
-  }
-}
-
-// coop_row: the thread's partial dot products of row WR (its first U loads already in WV) with the NT rows
-// of X (K apart), added to ACC in a fixed order
-template <typename T, int NT, int U>
-__device__ __forceinline__ void coop_row(float (&acc)[NT], uint4 (&wv)[U], const T *wr, const T *x, int K, int kv) {
-  constexpr int E = 16 / sizeof(T), STEP = COOP_THREADS * E;
-  for (int k0 = threadIdx.x * E; k0 < kv;) {
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      int k = k0 + u * STEP;
-      if (k >= kv) break;
-      const T *we = (const T *)&wv[u];
-      float wf[E];
-#pragma unroll
-      for (int e = 0; e < E; e++) wf[e] = ld(&we[e]);
-#pragma unroll
-      for (int t = 0; t < NT; t++) {
-        uint4 xv = __ldg((const uint4 *)(x + (size_t)t * K + k));
-        const T *xe = (const T *)&xv;
-#pragma unroll
-        for (int e = 0; e < E; e++) acc[t] += wf[e] * ld(&xe[e]);
-      }
-    }
-    k0 += STEP * U;
-    if (k0 >= kv) break;
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      int k = k0 + u * STEP;
-      wv[u] = k < kv ? __ldcs((const uint4 *)(wr + k)) : make_uint4(0, 0, 0, 0);
-    }
-  }
-  for (int k = kv + threadIdx.x; k < K; k += COOP_THREADS) {  // K not a multiple of E: scalar path
-    float wf = ld(&wr[k]);
-#pragma unroll
-    for (int t = 0; t < NT; t++) acc[t] += wf * ld(&x[(size_t)t * K + k]);
-  }
-}
 
 // coop_sum: the block's sums of ACC (M values per thread): thread m < M returns sum m (others 0)
 template <int M> __device__ __forceinline__ float coop_sum(float (&acc)[M], float (*red)[M]) {
@@ -395,7 +348,7 @@ __global__ void __launch_bounds__(COOP_THREADS)
   pdl_trigger();
   uint4 wv[U];
   const T *wr = w + (size_t)(n0 < N ? n0 : 0) * K;
-  coop_prefetch<T, U>(wv, wr, kv, n0 < N);  // independent of the previous kernel
+  row_prefetch<T, U, COOP_THREADS>(wv, wr, kv, threadIdx.x, n0 < N);  // independent of the previous kernel
   pdl_wait();
   for (int r = 0; r < R; r++) {
     const int n = n0 + r;
@@ -403,10 +356,10 @@ __global__ void __launch_bounds__(COOP_THREADS)
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-    coop_row<T, NT, U>(acc, wv, wr, x, K, kv);
+    row_dot<T, NT, U, COOP_THREADS>(acc, wv, wr, x, K, kv, threadIdx.x);
     if (r + 1 < R && n + 1 < N) {  // the next row's first loads go out before this row's sum
       wr = w + (size_t)(n + 1) * K;
-      coop_prefetch<T, U>(wv, wr, kv, true);
+      row_prefetch<T, U, COOP_THREADS>(wv, wr, kv, threadIdx.x, true);
     }
     const float s = coop_sum<NT>(acc, red);
     if ((int)threadIdx.x < NT) st(&out[(size_t)threadIdx.x * N + n], s + (bias ? bias[n] : 0.0f));

@@ -182,14 +182,10 @@ static void check_step(harness_t *h, const int *was_running) {
   }
 }
 
-/* Executes the step with the fake model: all writes first, then the reads (as attention would). */
-static void execute(harness_t *h, int32_t *sampled) {
+/* read_step: the fake model's reads of a step whose writes are done: each sampled item's token hashes its
+ * request's cache contents (as attention would read them). */
+static void read_step(harness_t *h, int32_t *sampled) {
   const sched_out_t *out = &h->out;
-  for (int i = 0; i < out->n_items; i++) {
-    const sched_item_t *it = &out->items[i];
-    for (int pos = it->start; pos < it->start + it->n; pos++)
-      h->mem[kv_slot(&h->pool, &it->req->kv, pos)] = mix(it->req->tokens[pos], pos);
-  }
   for (int i = 0; i < out->n_items; i++) {
     const sched_item_t *it = &out->items[i];
     sampled[i] = -1;
@@ -199,6 +195,17 @@ static void execute(harness_t *h, int32_t *sampled) {
     for (int pos = 0; pos < it->start + it->n; pos++) hv = fold(hv, h->mem[kv_slot(&h->pool, &r->kv, pos)]);
     sampled[i] = next_token(hv, req_n_generated(r), h->specs[r - h->reqs].eos_at);
   }
+}
+
+/* Executes the step with the fake model: all writes first, then the reads (as attention would). */
+static void execute(harness_t *h, int32_t *sampled) {
+  const sched_out_t *out = &h->out;
+  for (int i = 0; i < out->n_items; i++) {
+    const sched_item_t *it = &out->items[i];
+    for (int pos = it->start; pos < it->start + it->n; pos++)
+      h->mem[kv_slot(&h->pool, &it->req->kv, pos)] = mix(it->req->tokens[pos], pos);
+  }
+  read_step(h, sampled);
 }
 
 /* One engine step with all checks; returns the scheduled token count. */
@@ -246,15 +253,7 @@ static void execute_async(harness_t *h, const int32_t *row_val, int32_t *sampled
       h->mem[kv_slot(&h->pool, &r->kv, pos)] = mix(tok, pos);
     }
   }
-  for (int i = 0; i < out->n_items; i++) {
-    const sched_item_t *it = &out->items[i];
-    sampled[i] = -1;
-    if (!it->sample) continue;
-    req_t *r = it->req;
-    uint64_t hv = 1469598103934665603ull;
-    for (int pos = 0; pos < it->start + it->n; pos++) hv = fold(hv, h->mem[kv_slot(&h->pool, &r->kv, pos)]);
-    sampled[i] = next_token(hv, req_n_generated(r), h->specs[r - h->reqs].eos_at);
-  }
+  read_step(h, sampled);
 }
 
 static void h_run_async(harness_t *h) {
