@@ -123,6 +123,7 @@ typedef struct {
   api_finish_t finish;
   int n_prompt;        /* prompt tokens as the engine counted them */
   int n_generated;     /* generated so far, this token included */
+  int n_cached;        /* prompt tokens the engine served from its prefix cache (0: none, or not known yet) */
 } api_event_t;
 
 typedef struct api_session api_session_t;
@@ -165,6 +166,9 @@ int api_session_stream_tail(api_session_t *s, char **out, size_t *out_len, size_
 char *api_session_final_json(api_session_t *s);
 /* api_session_usage: prompt and completion token counts so far. */
 void api_session_usage(const api_session_t *s, int *prompt_tokens, int *completion_tokens);
+/* api_session_cached: prompt tokens served from the prefix cache (OpenAI's usage.prompt_tokens_details.
+ * cached_tokens): for each prompt, the most any of its choices' events reported. */
+int api_session_cached(const api_session_t *s);
 
 /* api_finish_name: "stop", "length", "abort", "error" (NULL for API_FINISH_NONE). */
 const char *api_finish_name(api_finish_t f);

@@ -15,6 +15,7 @@ typedef struct {
   int done;
   api_finish_t finish;
   int n_generated;
+  int n_cached;        /* the most prompt tokens an event said came from the prefix cache */
   char *text;          /* everything emitted (non-streamed responses) */
   size_t text_len, text_cap;
   size_t offset;       /* bytes of text emitted so far, echo included (completions text_offset) */
@@ -99,6 +100,17 @@ void api_session_usage(const api_session_t *s, int *prompt_tokens, int *completi
   for (int c = 0; c < s->r->n_choices; c++) g += s->ch[c].n_generated;
   *prompt_tokens = p;
   *completion_tokens = g;
+}
+
+int api_session_cached(const api_session_t *s) {
+  int sum = 0;
+  for (int i = 0; i < s->r->n_prompts; i++) {
+    int most = 0;
+    for (int c = 0; c < s->r->n_choices; c++)
+      if (s->r->choices[c].prompt_index == i && s->ch[c].n_cached > most) most = s->ch[c].n_cached;
+    sum += most < s->r->prompt_lens[i] ? most : s->r->prompt_lens[i];
+  }
+  return sum;
 }
 
 /* ---- output helpers ---- */
@@ -198,6 +210,8 @@ static void add_usage(const api_session_t *s, cJSON *root) {
   cJSON_AddNumberToObject(u, "prompt_tokens", p);
   cJSON_AddNumberToObject(u, "completion_tokens", g);
   cJSON_AddNumberToObject(u, "total_tokens", p + g);
+  cJSON *d = cJSON_AddObjectToObject(u, "prompt_tokens_details");
+  cJSON_AddNumberToObject(d, "cached_tokens", api_session_cached(s));
 }
 
 /* stream_chunk: one choice's chunk: TEXT (may be empty), LP (consumed, may be NULL), FINISH. */
@@ -298,6 +312,7 @@ static int advance(api_session_t *s, int c, const api_event_t *ev, size_t *n, ap
   int rc;
   size_t n1 = 0, n2 = 0;
   *finish = API_FINISH_NONE;
+  if (ev->n_cached > ch->n_cached) ch->n_cached = ev->n_cached;
   if (ev->has_token) {
     ch->n_generated = ev->n_generated > ch->n_generated ? ev->n_generated : ch->n_generated + 1;
     if ((rc = detok_push(&ch->dt, ev->token, &s->tmp, &n1, &s->tmp_cap))) return rc;

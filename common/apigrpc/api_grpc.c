@@ -33,7 +33,6 @@ struct api_grpc_call {
   rpc_server_call_t *call;
   api_http_req_t *r;                      /* the server's request (areq parsed on the gRPC thread) */
   char request_id[GRPC_MAX_REQUEST_ID + 1];
-  int n_cached;                           /* prompt tokens the prefix cache served */
   int cancel, cancel_seen;                /* cancel: under mu; cancel_seen: loop thread */
   struct api_grpc_call *prev, *next;      /* active list, under mu */
   struct api_grpc_call *next_pending;     /* queued for the loop thread, under mu */
@@ -405,7 +404,7 @@ static int send_delta(api_grpc_call_t *c, int choice, const api_event_t *a, cons
     usage.has_prompt_tokens = usage.has_completion_tokens = usage.has_cached_prompt_tokens = 1;
     usage.prompt_tokens = (uint32_t)p;
     usage.completion_tokens = (uint32_t)gtok;
-    usage.cached_prompt_tokens = (uint32_t)c->n_cached;
+    usage.cached_prompt_tokens = (uint32_t)api_session_cached(r->sess);
     resp.usage = &usage;
   }
   int rc = rpc_server_call_send(c->call, &resp.base);
@@ -444,10 +443,6 @@ int api_grpc_on_event(api_grpc_call_t *c, int choice, const api_event_t *ev) {
 void api_grpc_fail(api_grpc_call_t *c, const api_error_t *e) {
   c->g->cfg.ops->abort_live(c->g->cfg.self, c->r, "error");
   call_end(c, status_of(e->status), e->message);
-}
-
-void api_grpc_note_cached(api_grpc_call_t *c, int n) {
-  if (n > c->n_cached) c->n_cached = n;
 }
 
 /* ---- Tokenize, ListModels, Health (gRPC thread; immutable state only) ---- */

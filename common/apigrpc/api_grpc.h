@@ -87,7 +87,5 @@ int api_grpc_on_event(api_grpc_call_t *call, int choice, const api_event_t *ev);
 /* api_grpc_fail: the request fails with E: aborts what still runs ("error"), ends the call with E's
  * status and message, and frees the request. Loop thread. */
 void api_grpc_fail(api_grpc_call_t *call, const api_error_t *e);
-/* api_grpc_note_cached: the engine served N prompt tokens from its prefix cache (reported in usage). */
-void api_grpc_note_cached(api_grpc_call_t *call, int n);
 
 #endif

@@ -247,6 +247,9 @@ void coord_gen_on_msg(coord_t *c, coord_msg_t *m) {
     return;
   }
   if (r->n_tokens > 0) router_progress(&c->router, g->id, (int)r->n_tokens); /* its prefill is done */
+  /* a migrated request's prompt on the new worker includes what it generated before: only the client's
+   * prompt counts */
+  if (r->cached_tokens > 0) g->n_cached = (int)r->cached_tokens < g->n_prompt ? (int)r->cached_tokens : g->n_prompt;
   for (size_t i = 0; i < r->n_tokens && !g->aborted; i++) {
     const Strata__V1__WorkerToken *t = r->tokens[i];
     if (push_token(g, t->token_id)) {
@@ -256,7 +259,7 @@ void coord_gen_on_msg(coord_t *c, coord_msg_t *m) {
     observe_latency(g);
     if (!g->req) continue;
     api_event_t ev = {.has_token = 1, .token = t->token_id, .logprob = t->logprob,
-                      .n_prompt = g->n_prompt, .n_generated = g->n_out};
+                      .n_prompt = g->n_prompt, .n_generated = g->n_out, .n_cached = g->n_cached};
     size_t n_top = t->n_top_ids < t->n_top_logprobs ? t->n_top_ids : t->n_top_logprobs;
     ev.n_top = n_top < API_MAX_TOP_LOGPROBS ? (int)n_top : API_MAX_TOP_LOGPROBS;
     for (int k = 0; k < ev.n_top; k++) {
@@ -280,7 +283,8 @@ static api_finish_t finish_parse(const char *s) {
 /* gen_finish: reports the end of G to its request and frees G. */
 static void gen_finish(coord_gen_t *g, api_finish_t f) {
   if (g->req) {
-    api_event_t ev = {.finished = 1, .finish = f, .n_prompt = g->n_prompt, .n_generated = g->n_out};
+    api_event_t ev = {.finished = 1, .finish = f, .n_prompt = g->n_prompt, .n_generated = g->n_out,
+                      .n_cached = g->n_cached};
     coord_req_on_event(g->req, g->choice, &ev);
   }
   gen_free(g);

@@ -106,6 +106,7 @@ typedef struct coord_gen {
   int n_prompt;
   int32_t *out;           /* (n_out) tokens received so far: resent on migration */
   int n_out, cap_out;
+  int n_cached;           /* prompt tokens the worker served from its prefix cache (its last word) */
   api_sampling_t sp;
   char worker[REGISTRY_ID_MAX];
   char pool[16];

@@ -56,15 +56,21 @@ h_hot=$(metric strata:worker_prefix_cache_hits $HOT); h_cold=$(metric strata:wor
 # NOTE: one at a time, each after a stats interval: the router's optimistic accounting charges a routed
 # prompt's blocks to its worker until that worker's next report, which would spread a burst.
 for i in 1 2 3 4; do
-  curl -s "$URL/v1/completions" -d "{\"model\":\"$NAME\",\"prompt\":\"$PREFIX Then $i\",\"max_tokens\":2}" >/dev/null
+  curl -s "$URL/v1/completions" -d "{\"model\":\"$NAME\",\"prompt\":\"$PREFIX Then $i\",\"max_tokens\":2}" >"$TMP/shared"
   sleep 0.5
 done
+# the worker's prefix-cache hit reaches the client through the coordinator (OpenAI usage)
+P_TOK=$(json_field '["usage"]["prompt_tokens"]' <"$TMP/shared")
+C_TOK=$(json_field '["usage"]["prompt_tokens_details"]["cached_tokens"]' <"$TMP/shared")
+[ "$C_TOK" -ge 64 ] && [ "$C_TOK" -lt "$P_TOK" ] ||
+  fail "usage.prompt_tokens_details.cached_tokens is $C_TOK of $P_TOK prompt tokens for a shared prefix"
 sleep 1
 H_hot=$(metric strata:worker_prefix_cache_hits $HOT); H_cold=$(metric strata:worker_prefix_cache_hits $COLD)
 python3 -c "import sys; sys.exit(0 if float('$H_hot') >= float('$h_hot') + 4*16 else 1)" ||
   fail "prefix hits on $HOT did not rise ($h_hot -> $H_hot)"
 [ "$H_cold" == "$h_cold" ] || fail "prefix hits on $COLD rose ($h_cold -> $H_cold): requests went to the cold worker"
-echo "cluster_basic: shared-prefix requests went to $HOT (prefix hits $h_hot -> $H_hot; $COLD stayed at $H_cold)"
+echo "cluster_basic: shared-prefix requests went to $HOT (prefix hits $h_hot -> $H_hot; $COLD stayed at $H_cold;" \
+  "the last one's usage: $C_TOK of $P_TOK prompt tokens cached)"
 
 # 3. strata workers lists both
 "$STRATA" workers >"$TMP/workers" 2>&1 || { cat "$TMP/workers"; fail "strata workers"; }

@@ -59,6 +59,16 @@ check "usage prompt" 5 "$(jqget "['usage']['prompt_tokens']" <"$TMP/body")" # BO
 check "usage completion" 40 "$(jqget "['usage']['completion_tokens']" <"$TMP/body")"
 check "usage total" 45 "$(jqget "['usage']['total_tokens']" <"$TMP/body")"
 check "finish length" length "$(jqget "['choices'][0]['finish_reason']" <"$TMP/body")"
+# prefix caching in usage.prompt_tokens_details.cached_tokens: a prompt of 30-odd tokens twice; the second
+# time every full 16-token block before its last token comes from the cache
+long='{"prompt":"The big brown dog ran to the park to play with a red ball, and his friends the cat and the bird were there too","max_tokens":2,"temperature":0}'
+code "${AUTH[@]}" "$U/v1/completions" -d "$long" >/dev/null
+check "cached tokens, first time" 0 "$(jqget "['usage']['prompt_tokens_details']['cached_tokens']" <"$TMP/body")"
+code "${AUTH[@]}" "$U/v1/completions" -d "$long" >/dev/null
+p2=$(jqget "['usage']['prompt_tokens']" <"$TMP/body")
+check "cached tokens, second time" "$(((p2 - 1) / 16 * 16))" "$(jqget "['usage']['prompt_tokens_details']['cached_tokens']" <"$TMP/body")"
+echo "cached tokens: $(jqget "['usage']['prompt_tokens_details']['cached_tokens']" <"$TMP/body") of $p2 prompt tokens"
+[ "$p2" -gt 17 ] || { echo "FAIL: the cached-tokens prompt has only $p2 tokens"; exit 1; }
 # streamed: the concatenated deltas equal the same text, then [DONE]
 curl -sN "${AUTH[@]}" "$U/v1/completions" -d '{"prompt":"Once upon a time","max_tokens":40,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}' >"$TMP/sse"
 got=$(python3 - "$TMP/sse" <<'PY'

@@ -455,6 +455,47 @@ static void test_logprobs_format(void **state) {
   api_request_free(&r);
 }
 
+/* usage.prompt_tokens_details.cached_tokens (OpenAI's field): per prompt the most any of its choices' events
+ * said came from the prefix cache (the n choices of one prompt share it, so they do not add up), never more
+ * than the prompt; prompts add up. */
+static void test_cached_tokens_usage(void **state) {
+  fixture_t *f = *state;
+  api_request_t r;
+  api_error_t e;
+  api_session_t *s;
+  buf_t b = {0};
+  assert_int_equal(parse(f, API_COMPLETIONS, "{\"prompt\":[\"hello there\",\"a\"],\"n\":2,\"max_tokens\":4}", &r, &e),
+                   0);
+  assert_int_equal(r.n_prompts, 2);
+  assert_int_equal(r.n_choices, 4);
+  assert_int_equal(api_session_new(&s, &r, &f->ctx, "cmpl-6", 1), 0);
+  const int cached[4] = {3, 5, 0, 1000}; /* by choice; choices 0, 1 are prompt 0's, 2, 3 prompt 1's */
+  int want[2] = {0, 0};
+  for (int c = 0; c < 4; c++) {
+    int pi = r.choices[c].prompt_index, m = cached[c] < r.prompt_lens[pi] ? cached[c] : r.prompt_lens[pi];
+    if (m > want[pi]) want[pi] = m;
+    api_event_t ev = tok_ev('x', 1);
+    ev.n_cached = cached[c];
+    api_session_on_event(s, c, &ev, &b.out, &b.len, &b.cap);
+    api_event_t fin = {.finished = 1, .finish = API_FINISH_LENGTH, .n_generated = 1, .n_cached = cached[c]};
+    api_session_on_event(s, c, &fin, &b.out, &b.len, &b.cap);
+  }
+  assert_true(api_session_done(s));
+  assert_int_equal(want[0], 5 < r.prompt_lens[0] ? 5 : r.prompt_lens[0]);
+  assert_int_equal(want[1], r.prompt_lens[1]); /* capped: 1000 is more than the prompt */
+  char *js = api_session_final_json(s);
+  cJSON *root = cJSON_Parse(js), *u = cJSON_GetObjectItem(root, "usage");
+  cJSON *d = cJSON_GetObjectItem(u, "prompt_tokens_details");
+  assert_non_null(d);
+  assert_int_equal(cJSON_GetObjectItem(d, "cached_tokens")->valueint, want[0] + want[1]);
+  assert_int_equal(cJSON_GetObjectItem(u, "prompt_tokens")->valueint, r.prompt_lens[0] + r.prompt_lens[1]);
+  cJSON_Delete(root);
+  free(js);
+  free(b.out);
+  api_session_free(s);
+  api_request_free(&r);
+}
+
 static void test_models_json(void **state) {
   (void)state;
   char *js = api_models_json("tiny", 64, 5);
@@ -477,6 +518,7 @@ int main(void) {
       cmocka_unit_test(test_chat_template),
       cmocka_unit_test(test_stream_chat_chunks),
       cmocka_unit_test(test_stop_string_across_tokens),
+      cmocka_unit_test(test_cached_tokens_usage),
       cmocka_unit_test(test_held_text_released_at_end),
       cmocka_unit_test(test_utf8_hold_back_stream),
       cmocka_unit_test(test_logprobs_format),

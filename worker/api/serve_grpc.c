@@ -94,7 +94,6 @@ void serve_grpc_on_event(serve_req_t *r, int c, const engine_event_t *ev, double
     api_grpc_fail(call, &e);
     return;
   }
-  api_grpc_note_cached(call, ev->out.n_cached);
   if (ev->out.has_token) {
     if (r->t_last_s[c] == 0) metrics_histogram_observe(s->m.ttft, NULL, now - r->t_start_s);
     else metrics_histogram_observe(s->m.itl, NULL, now - r->t_last_s[c]);

@@ -31,7 +31,8 @@ void serve_req_abort_live(serve_req_t *r, const char *reason) {
 
 api_event_t serve_to_api_event(const engine_out_t *o) {
   api_event_t a = {.has_token = o->has_token, .token = o->token, .logprob = o->sample.logprob,
-                   .finished = o->finished, .n_prompt = o->n_prompt, .n_generated = o->n_generated};
+                   .finished = o->finished, .n_prompt = o->n_prompt, .n_generated = o->n_generated,
+                   .n_cached = o->n_cached};
   a.n_top = o->sample.n_top < API_MAX_TOP_LOGPROBS ? o->sample.n_top : API_MAX_TOP_LOGPROBS;
   for (int k = 0; k < a.n_top; k++) {
     a.top[k].id = o->sample.top[k].id;

@@ -17,12 +17,13 @@ test('models.list names the served model', async () => {
   assert.deepEqual(page.data.map((m) => m.id), [model]);
 });
 
+// a 5-token prompt fills no 16-token block, so nothing of it can come from the prefix cache
 test('completions: greedy text equals strata generate, usage counted', async () => {
   const r = await client.completions.create({ model, prompt, max_tokens: 40, temperature: 0 });
   assert.equal(r.object, 'text_completion');
   assert.equal(r.choices[0].text, greedy);
   assert.equal(r.choices[0].finish_reason, 'length');
-  assert.deepEqual(r.usage, { prompt_tokens: 5, completion_tokens: 40, total_tokens: 45 });
+  assert.deepEqual(r.usage, { prompt_tokens: 5, completion_tokens: 40, total_tokens: 45, prompt_tokens_details: { cached_tokens: 0 } });
 });
 
 test('completions: streamed deltas add up to the same text, usage at the end', async () => {
@@ -41,7 +42,7 @@ test('completions: streamed deltas add up to the same text, usage at the end', a
   }
   assert.equal(text, greedy);
   assert.equal(finish, 'length');
-  assert.deepEqual(usage, { prompt_tokens: 5, completion_tokens: 40, total_tokens: 45 });
+  assert.deepEqual(usage, { prompt_tokens: 5, completion_tokens: 40, total_tokens: 45, prompt_tokens_details: { cached_tokens: 0 } });
 });
 
 test('chat: non-streamed and streamed agree (greedy)', async () => {
@@ -66,7 +67,12 @@ test('chat: non-streamed and streamed agree (greedy)', async () => {
   }
   assert.equal(role, 'assistant');
   assert.equal(text, r.choices[0].message.content);
-  assert.deepEqual(usage, r.usage);
+  const { prompt_tokens_details: first, ...counts } = r.usage;
+  const { prompt_tokens_details: second, ...counts2 } = usage;
+  assert.deepEqual(counts2, counts);
+  // the repeat finds the first call's prompt in the prefix cache: every full 16-token block before its last token
+  assert.equal(first.cached_tokens, 0);
+  assert.equal(second.cached_tokens, Math.floor((r.usage.prompt_tokens - 1) / 16) * 16);
 });
 
 test('chat: logprobs with top_logprobs', async () => {
