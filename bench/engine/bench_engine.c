@@ -404,6 +404,8 @@ static int run_cold_case(const bench_args_t *a, double t_main) {
   if (!rc && got) {
     engine_stats_t st;
     engine_stats(e, &st);
+    /* a dummy model made on the GPU has next to nothing on the host: its read rate means nothing (0) */
+    const int on_device = lo.dummy_on_device && strncmp(a->model, "dummy:", 6) == 0;
     printf("{\"bench\":\"engine\",\"case\":\"cold-start\",\"model\":\"%s\",\"device\":\"%s\",\"params\":%lld,"
            "\"dtype\":\"%s\",\"weight_bytes\":%.0f,\"first_token_since_process_start_s\":%.3f,"
            "\"first_token_since_main_s\":%.3f,\"process_start_to_main_s\":%.3f,\"model_open_s\":%.3f,"
@@ -411,7 +413,8 @@ static int run_cold_case(const bench_args_t *a, double t_main) {
            "\"kv_blocks\":%d,\"max_num_seqs\":%d}\n",
            m->name, engine_device(e), (long long)model_n_params(m), dtype_name(m->cfg.dtype), bytes,
            age0 >= 0 ? age0 + (t4 - t_main) : -1.0, t4 - t_main, age0, t1 - t0, t2 - t1,
-           t2 > t1 ? bytes / (t2 - t1) / 1e9 : 0.0, t3 - t2, t4 - t3, st.kv_blocks_total, engine_cfg(e)->max_num_seqs);
+           t2 > t1 && !on_device ? bytes / (t2 - t1) / 1e9 : 0.0, t3 - t2, t4 - t3, st.kv_blocks_total,
+           engine_cfg(e)->max_num_seqs);
   } else if (!rc) {
     fprintf(stderr, "strata-bench engine: the request ended without a token\n");
     rc = STRATA_EINVAL;
