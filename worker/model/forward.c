@@ -269,54 +269,36 @@ int fwd_wait(fwd_t *f, int slot, int n) {
   return f->be->ops->draw_wait(f->be, slot, f->argmax_host, n);
 }
 
-/* The residual stream x and a sub-layer's output xo: PENDING means x still lacks xo (x += xo is owed to the
- * next norm, which add_rmsnorm folds in). */
-typedef struct {
-  fwd_t *f;
-  int T, pending;
-} fwd_res_t;
-
-/* norm_xb: xb = rmsnorm(x, after the owed x += xo) */
-static void norm_xb(fwd_res_t *r, const float *norm_w) {
-  fwd_t *f = r->f;
+/* add_norm: xb = rmsnorm(x) with weight NORM_W, after x += xo (the previous sub-layer's output) unless X is the
+ * embeddings (FIRST: the first layer's attention norm) */
+static void add_norm(fwd_t *f, const float *norm_w, int T, int first) {
   const model_cfg_t *c = &f->m->cfg;
-  if (r->pending)
-    f->be->ops->add_rmsnorm(f->be, f->xb, f->x, f->xo, norm_w, r->T, c->dim, c->norm_eps);
+  if (first)
+    f->be->ops->rmsnorm(f->be, f->xb, f->x, norm_w, T, c->dim, c->norm_eps);
   else
-    f->be->ops->rmsnorm(f->be, f->xb, f->x, norm_w, r->T, c->dim, c->norm_eps);
-  r->pending = 0;
+    f->be->ops->add_rmsnorm(f->be, f->xb, f->x, f->xo, norm_w, T, c->dim, c->norm_eps);
 }
 
-/* norm_matmul: out = rmsnorm(x) @ W^T + bias */
-static void norm_matmul(fwd_res_t *r, void *out, const float *norm_w, const weight_t *w, const float *bias) {
-  norm_xb(r, norm_w);
-  r->f->be->ops->matmul(r->f->be, out, r->f->xb, w, bias, r->T);
-}
-
-/* residual_matmul: xo = IN @ W^T, owed to the residual (x += xo in the next norm) */
-static void residual_matmul(fwd_res_t *r, const void *in, const weight_t *w) {
-  r->f->be->ops->matmul(r->f->be, r->f->xo, in, w, NULL, r->T);
-  r->pending = 1;
-}
-
-/* fwd_layer: transformer layer L over batch B (backend arrays) on the residual stream R */
-static void fwd_layer(fwd_t *f, fwd_res_t *r, int l, const be_batch_t *b) {
+/* fwd_layer: transformer layer L over batch B (backend arrays, T tokens): the residual stream x, with the
+ * previous layer's output still in xo, gets this layer's attention; its FFN output is left in xo. */
+static void fwd_layer(fwd_t *f, int l, const be_batch_t *b, int T) {
   const model_cfg_t *c = &f->m->cfg;
   const be_ops_t *op = f->be->ops;
   backend_t *be = f->be;
-  const int T = r->T, H = c->n_heads, Hkv = c->n_kv_heads, D = c->head_dim, F = c->hidden_dim;
+  const int H = c->n_heads, Hkv = c->n_kv_heads, D = c->head_dim, F = c->hidden_dim;
   const layer_weights_t *w = &f->w.layers[l];
   const fwd_fused_t *fu = &f->fused[l];
   void *q = f->q;
   if (fu->wqkv.data) {
     /* attention norm and q | k | v in one projection (Qwen2: with bias); then (Qwen3: each head's RMSNorm and)
      * RoPE read the strided rows, writing q packed and k, v to the paged cache at each token's slot */
-    norm_matmul(r, f->qkv, w->attn_norm.data, &fu->wqkv, fu->bqkv.data);
+    add_norm(f, w->attn_norm.data, T, l == 0);
+    op->matmul(be, f->qkv, f->xb, &fu->wqkv, fu->bqkv.data, T);
     op->rope_qkv_write(be, f->q, f->qkv, (H + 2 * Hkv) * D, c->qk_norm ? w->q_norm.data : NULL,
                        c->qk_norm ? w->k_norm.data : NULL, c->norm_eps, &f->kv, l, b, &f->rope, H, Hkv);
   } else {
     /* attention norm; q, k, v projections (Qwen2: with bias) */
-    norm_xb(r, w->attn_norm.data);
+    add_norm(f, w->attn_norm.data, T, l == 0);
     op->matmul(be, f->q, f->xb, &w->wq, w->bq.data, T);
     op->matmul(be, f->k, f->xb, &w->wk, w->bk.data, T);
     op->matmul(be, f->v, f->xb, &w->wv, w->bv.data, T);
@@ -337,20 +319,20 @@ static void fwd_layer(fwd_t *f, fwd_res_t *r, int l, const be_batch_t *b) {
   /* causal attention of every query over its sequence's cached keys and values (GQA) */
   op->attention(be, f->att, q, &f->kv, l, b, H, Hkv, 1.0f / sqrtf((float)D));
 
-  /* output projection into the residual: x += att W_o^T */
-  residual_matmul(r, f->att, &w->wo);
+  /* output projection; then the FFN norm adds it to the residual */
+  op->matmul(be, f->xo, f->att, &w->wo, NULL, T);
+  add_norm(f, w->ffn_norm.data, T, 0);
 
-  /* SwiGLU FFN on the normed residual: x += W_down (silu(W_gate xb) * W_up xb) */
+  /* SwiGLU FFN: xo = W_down (silu(W_gate xb) * W_up xb) */
   if (fu->wgu.data) {
-    norm_matmul(r, f->gu, w->ffn_norm.data, &fu->wgu, NULL);
+    op->matmul(be, f->gu, f->xb, &fu->wgu, NULL, T);
     op->silu_mul_cat(be, f->gate, f->gu, T, F);
   } else {
-    norm_xb(r, w->ffn_norm.data);
     op->matmul(be, f->gate, f->xb, &w->w_gate, NULL, T);
     op->matmul(be, f->up, f->xb, &w->w_up, NULL, T);
     op->silu_mul(be, f->gate, f->gate, f->up, T, F);
   }
-  residual_matmul(r, f->gate, &w->w_down);
+  op->matmul(be, f->xo, f->gate, &w->w_down, NULL, T);
 }
 
 /* logits_identity: the logit rows are the batch rows 0..T-1 in order (a decode step): the LM head reads the
@@ -381,15 +363,14 @@ static int fwd_run_mode(fwd_t *f, const be_batch_t *hb, int mode, const be_sampl
 
   /* token embeddings: x = E[tokens]; then the layers */
   op->embed(be, f->x, &f->w.tok_embd, b->tokens, T);
-  fwd_res_t res = {.f = f, .T = T};
-  for (int l = 0; l < c->n_layers; l++) fwd_layer(f, &res, l, b);
+  for (int l = 0; l < c->n_layers; l++) fwd_layer(f, l, b, T);
 
   /* final norm, then logits only for the rows that sample */
   if (b->n_logits == 0) return mode == FWD_ASYNC ? op->draw_rows(be, slot, NULL, NULL, 0, V) : op->sync(be);
+  add_norm(f, f->w.out_norm.data, T, 0);
   if (logits_identity(hb)) {
-    norm_matmul(&res, f->logits, f->w.out_norm.data, &f->w.output, NULL);
+    op->matmul(be, f->logits, f->xb, &f->w.output, NULL, T);
   } else {
-    norm_xb(&res, f->w.out_norm.data);
     op->gather_rows(be, f->lx, f->xb, b->logit_rows, b->n_logits, c->dim);
     op->matmul(be, f->logits, f->lx, &f->w.output, NULL, b->n_logits);
   }
