@@ -65,9 +65,6 @@ typedef struct {
   cudaEvent_t batch_copied;
   /* to_host_f32 of bf16/f16 activations */
   float *f32_scratch;
-  int32_t *am_dev; /* argmax_rows / sample_rows output, am_cap entries */
-  int am_cap;
-  be_sample_t *sp_dev; /* sample_rows parameters, am_cap entries */
   void *sample_scratch;
   size_t sample_scratch_cap;
   size_t f32_cap;
@@ -734,53 +731,22 @@ static int cuda_to_host_f32(backend_t *be, float *host_out, const void *x, int64
   return rc ? rc : rs;
 }
 
-/* ids_reserve: room for N token ids (and N sampling parameter sets) on the device. */
-static int ids_reserve(cuda_ctx_t *c, int n) {
-  if (n <= c->am_cap) return 0;
-  int rc = cu_ok(cudaStreamSynchronize(c->stream), "token id buffer");
-  if (rc) return rc;
-  cudaFree(c->am_dev);
-  cudaFree(c->sp_dev);
-  c->am_dev = NULL;
-  c->sp_dev = NULL;
-  c->am_cap = 0;
-  if ((rc = cu_ok(cudaMalloc((void **)&c->am_dev, (size_t)n * 4), "token id buffer")) != 0) return rc;
-  if ((rc = cu_ok(cudaMalloc((void **)&c->sp_dev, (size_t)n * sizeof(be_sample_t)), "sampling parameters")) != 0)
-    return rc;
-  c->am_cap = n;
-  return 0;
-}
+/* argmax_rows / sample_rows: an asynchronous draw into host slot 0, then its wait (the same kernels, buffers and
+ * transfers as the asynchronous engine's steps) */
+static int cuda_draw_rows(backend_t *be, int slot, const void *x, const be_sample_t *p, int n, int V);
+static int cuda_draw_wait(backend_t *be, int slot, int32_t *host_out, int n);
 
 static int cuda_argmax_rows_op(backend_t *be, int32_t *host_out, const void *x, int n, int V) {
-  cuda_ctx_t *c = ctx_of(be);
   if (n <= 0) return cuda_sync(be);
-  int rc = step_end(c);
-  if (!rc) rc = ids_reserve(c, n);
-  if (rc) return rc;
-  if ((rc = cuda_argmax_rows(c->am_dev, x, n, V, be->act_dtype, c->stream)) != 0) return rc;
-  rc = cu_ok(cudaMemcpyAsync(host_out, c->am_dev, (size_t)n * 4, cudaMemcpyDeviceToHost, c->stream), "argmax download");
-  int rs = cuda_sync(be);
-  return rc ? rc : rs;
+  int rc = cuda_draw_rows(be, 0, x, NULL, n, V);
+  return rc ? rc : cuda_draw_wait(be, 0, host_out, n);
 }
-
-static int sample_scratch_reserve(cuda_ctx_t *c, int n, int V);
 
 static int cuda_sample_rows_op(backend_t *be, int32_t *host_out, const void *x, const be_sample_t *p, int n,
                                int V) {
-  cuda_ctx_t *c = ctx_of(be);
   if (n <= 0) return cuda_sync(be);
-  int rc = step_end(c);
-  if (!rc) rc = ids_reserve(c, n);
-  if (rc) return rc;
-  if ((rc = sample_scratch_reserve(c, n, V)) != 0) return rc;
-  rc = cu_ok(cudaMemcpyAsync(c->sp_dev, p, (size_t)n * sizeof *p, cudaMemcpyHostToDevice, c->stream),
-             "sampling parameters upload");
-  if (!rc) rc = cuda_sample_rows(c->am_dev, x, c->sp_dev, n, V, be->act_dtype, c->sample_scratch, c->stream);
-  if (!rc)
-    rc = cu_ok(cudaMemcpyAsync(host_out, c->am_dev, (size_t)n * 4, cudaMemcpyDeviceToHost, c->stream),
-               "sampled ids download");
-  int rs = cuda_sync(be);
-  return rc ? rc : rs;
+  int rc = cuda_draw_rows(be, 0, x, p, n, V);
+  return rc ? rc : cuda_draw_wait(be, 0, host_out, n);
 }
 
 /* ---- asynchronous steps ---- */
@@ -1021,8 +987,6 @@ void backend_cuda_destroy(backend_t *be) {
     cudaFreeHost(c->batch_host);
     cudaFree(c->batch_dev);
     cudaFree(c->f32_scratch);
-    cudaFree(c->am_dev);
-    cudaFree(c->sp_dev);
     cudaFree(c->sample_scratch);
     cudaFree(c->draw_dev);
     cudaFree(c->draw_sp_dev);
