@@ -42,14 +42,20 @@ static void rope_angles(double *cs, double *sn, int32_t pos, const float *inv_fr
   }
 }
 
-/* cache_k_row: token SLOT's K row of KV head 0 in LAYER (head h at + h * B * D; V at + Hkv * B * D), or
- * NULL when the slot is outside the cache. */
-static float *cache_k_row(kern_kv_t *kv, int layer, int64_t slot) {
+/* cache_rows: token SLOT's K row of KV head 0 in LAYER (head h at + h * B * D), with its V row in *VC; NULL when
+ * no write is asked for (a negative slot: a padding row) or, counted in N_BAD, when the slot is outside the cache. */
+static float *cache_rows(kern_kv_t *kv, int layer, int64_t slot, float **vc, atomic_int *n_bad) {
   const int B = kv->block_size, D = kv->head_dim, Hkv = kv->n_kv_heads;
-  if (slot < 0 || slot >= (int64_t)kv->n_blocks * B) return NULL;
+  if (slot < 0) return NULL;
+  if (slot >= (int64_t)kv->n_blocks * B) {
+    atomic_fetch_add(n_bad, 1);
+    return NULL;
+  }
   size_t head_elems = (size_t)B * D;
   float *blk = kv->data + (size_t)(slot / B) * kv->n_layers * 2 * Hkv * head_elems;
-  return blk + (size_t)layer * 2 * Hkv * head_elems + (size_t)(slot % B) * D;
+  float *kc = blk + (size_t)layer * 2 * Hkv * head_elems + (size_t)(slot % B) * D;
+  *vc = kc + (size_t)Hkv * head_elems;
+  return kc;
 }
 
 static void rope_job(void *arg, int64_t t, kern_worker_t *wk) {
@@ -66,15 +72,9 @@ static void rope_job(void *arg, int64_t t, kern_worker_t *wk) {
   float *k = r->k + (size_t)t * Hkv * D;
   rope_heads(r->q + (size_t)t * r->H * D, r->H, D, r->style, cs, sn);
   rope_heads(k, Hkv, D, r->style, cs, sn);
-  int64_t slot = r->slots[t];
-  if (slot < 0) return; /* no cache write asked for (a padding row) */
-  float *kc = cache_k_row(kv, r->layer, slot);
-  if (!kc) {
-    atomic_fetch_add(&r->n_bad, 1);
-    return;
-  }
+  float *vc, *kc = cache_rows(kv, r->layer, r->slots[t], &vc, &r->n_bad);
+  if (!kc) return;
   const size_t head_elems = (size_t)B * D;
-  float *vc = kc + (size_t)Hkv * head_elems;
   const float *v = r->v + (size_t)t * Hkv * D;
   for (int h = 0; h < Hkv; h++) {
     memcpy(kc + h * head_elems, k + (size_t)h * D, (size_t)D * sizeof(float));
@@ -141,15 +141,9 @@ static void rope_qkv_job(void *arg, int64_t t, kern_worker_t *wk) {
   const float *row = r->qkv + (size_t)t * r->ld, *k = row + (size_t)H * D, *v = k + (size_t)Hkv * D;
   for (int h = 0; h < H; h++)
     head_norm_rope(r->q_out + ((size_t)t * H + h) * D, row + (size_t)h * D, r->q_norm, r->eps, D, r->style, cs, sn);
-  int64_t slot = r->slots[t];
-  if (slot < 0) return; /* no cache write asked for (a padding row) */
-  float *kc = cache_k_row(kv, r->layer, slot);
-  if (!kc) {
-    atomic_fetch_add(&r->n_bad, 1);
-    return;
-  }
+  float *vc, *kc = cache_rows(kv, r->layer, r->slots[t], &vc, &r->n_bad);
+  if (!kc) return;
   const size_t head_elems = (size_t)B * D;
-  float *vc = kc + (size_t)Hkv * head_elems;
   for (int h = 0; h < Hkv; h++) {
     head_norm_rope(kh, k + (size_t)h * D, r->k_norm, r->eps, D, r->style, cs, sn);
     memcpy(kc + h * head_elems, kh, (size_t)D * sizeof(float));
