@@ -35,7 +35,7 @@ body() { # body I STREAM
   printf '{"model":"%s","prompt":"Once upon a time, child %d","max_tokens":%d,"temperature":0,"ignore_eos":true,"stream":%s}' \
     "$NAME" "$1" "$MAX_TOKENS" "$2"
 }
-. "$(dirname "$0")/sse_util.sh" # sse_text
+. "$(dirname "$0")/sse_util.sh" # sse_text, streams_begun, busiest_worker
 
 wait_all() { for _ in $(seq 1 600); do jobs -r | grep -q . || return 0; sleep 0.1; done; return 1; }
 # the undisturbed run (whole responses, all at once: the kernels are batch-invariant)
@@ -48,14 +48,9 @@ done
 
 # the disturbed run: 32 streams at once, then SIGKILL a worker once every stream has begun
 for i in $(seq 1 $N); do curl -sN "$URL/v1/completions" -d "$(body "$i" true)" >"$TMP/got.$i" 2>/dev/null & done
-for _ in $(seq 1 500); do
-  begun=$(grep -l '"text":"[^"]' "$TMP"/got.* 2>/dev/null | wc -l)
-  [ "$begun" -eq "$N" ] && break
-  sleep 0.01
-done
+begun=$(streams_begun "$N" 500 "$TMP/got.")
 # the victim: the worker running the most requests now (the coordinator's view of its Events stream)
-VICTIM=$(curl -s "$URL/metrics" | awk -F'[{}"= ]+' '/^strata:worker_running\{/ && $NF > max {max = $NF; v = $3} END {print v}')
-[ -n "$VICTIM" ] || VICTIM=worker-0
+VICTIM=$(busiest_worker "$URL")
 if [ "$SIG" == STOP ]; then
   STOPPED=$(cat "$D/$VICTIM.pid")
   kill -STOP "$STOPPED"

@@ -51,7 +51,7 @@ body() { # body I STREAM
   printf '{"model":"%s","prompt":"Once upon a time, hung %d","max_tokens":%d,"temperature":0,"ignore_eos":true,"stream":%s}' \
     "$NAME" "$1" "$MAX_TOKENS" "$2"
 }
-. "$(dirname "$0")/sse_util.sh" # sse_text
+. "$(dirname "$0")/sse_util.sh" # sse_text, streams_begun, busiest_worker
 wait_all() { for _ in $(seq 1 $(($1 * 10))); do jobs -r | grep -q . || return 0; sleep 0.1; done; return 1; }
 for i in $(seq 1 $N); do curl -s --max-time 120 "$URL/v1/completions" -d "$(body "$i" false)" >"$TMP/want.$i.json" & done
 wait_all 90 || fail "the undisturbed run did not finish in 90 s"
@@ -79,15 +79,9 @@ ts = [threading.Thread(target=one, args=(i,)) for i in range(1, n + 1)]
 for t in ts: t.start()
 for t in ts: t.join()
 PY
-begun=0
-for _ in $(seq 1 1000); do
-  begun=$(grep -l '"text":"[^"]' "$TMP"/got.* 2>/dev/null | wc -l)
-  [ "$begun" -eq "$N" ] && break
-  sleep 0.01
-done
+begun=$(streams_begun "$N" 1000 "$TMP/got.")
 # the victim: the worker running the most requests now (the coordinator's view of its Events stream)
-VICTIM=$(curl -s "$URL/metrics" | awk -F'[{}"= ]+' '/^strata:worker_running\{/ && $NF > max {max = $NF; v = $3} END {print v}')
-[ -n "$VICTIM" ] || VICTIM=worker-0
+VICTIM=$(busiest_worker "$URL")
 STOPPED=$(cat "$D/$VICTIM.pid")
 kill -STOP "$STOPPED"
 T0=$(date +%s.%N)
